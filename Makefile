@@ -20,7 +20,7 @@ $(VENV)/.installed: settings.ini setup.py
 install: $(VENV)/.installed
 
 reproduce: install
-	$(BIN)/python -m urbancross.reproduce --profile $(PROFILE)
+	$(BIN)/python -m urbancross.experiment --profile $(PROFILE)
 
 test: install
 	$(BIN)/nbdev_test --n_workers 2

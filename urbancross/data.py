@@ -226,9 +226,11 @@ def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
 def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
                             check_images: bool = True) -> pd.DataFrame:
     """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
-    folder = Path(root) / country.capitalize()
-    if not folder.exists():
-        folder = Path(root) / country.lower()
+    candidates = [Path(root) / country.capitalize(), Path(root) / country.lower()]
+    folder = next((c for c in candidates if c.exists()), None)
+    if folder is None:
+        raise FileNotFoundError(f"UrbanCross folder for {country!r} not found (tried {candidates[0]} and "
+                                f"{candidates[1]}); data/README.md says how to fetch the release")
     csv = folder / f"instructblip_generation_{country.lower()}_refine.csv"
     df = _read_csv(csv, ["image_name", "description"])
     images = folder / "images"
