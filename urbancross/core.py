@@ -31,6 +31,7 @@ def get_logger(name: str = "urbancross") -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logging.getLogger("urbancross").addHandler(handler)
         logging.getLogger("urbancross").setLevel(logging.INFO)
+        logging.getLogger("urbancross").propagate = False   # libraries that configure the root logger would print it twice
     return logger
 
 # %% ../nbs/00_core.ipynb 8
@@ -126,6 +127,36 @@ class Config:
     num_workers: int = 0
     eval_block_size: int = 1024
     threads: int = 2
+    # SAM segments (03_segments, 08b_adapt)
+    use_sam: bool = True                   # False gives the "without SAM" ablation
+    segmenter: str = "auto"                # 'auto' (SAM if a checkpoint exists, else superpixels) | 'sam' | 'superpixel'
+    sam_checkpoint: str = ""               # path of a SAM checkpoint (vit_h / vit_l / vit_b)
+    sam_model_type: str = "vit_b"
+    num_seg_stored: int = 10               # segments cached per image (paper: 10)
+    num_seg: int = 5                       # segments used per image
+    segment_size: int = 64                 # crop side in pixels
+    segment_tower: str = "separate"        # 'separate' (upstream: its own copy) | 'shared' with the image tower
+    w_image_text: float = 1.0              # loss weights
+    w_segment_text: float = 0.5
+    w_image_segment: float = 0.5
+    fuse_segments: float = 0.0             # test-time weight of pooled segments added to the image embedding (0 = upstream)
+    # LMM captions (04_refine)
+    use_lmm: bool = True                   # False: the raw geo-tag text instead of the (refined) captions
+    lmm_model: str = ""                    # InstructBLIP model id or local folder; '' = captions shipped with the data
+    # adaptation stage: alignment heads on frozen tower features (07a_features, 08b_adapt)
+    head_epochs: int = 40
+    head_lr: float = 2e-3
+    views: int = 4                         # cached rotations per image (k * 90 degrees)
+    curriculum: bool = False
+    curriculum_start: float = 0.2          # upstream: 20% most target-like first ...
+    curriculum_step: float = 0.2           # ... and +20% each epoch
+    curriculum_score: str = "image"        # 'image' | 'text' | 'both' (text needs target captions)
+    adversarial: bool = False
+    adv_weight: float = 0.5
+    adv_gamma: float = 10.0
+    adv_weighting: str = "entropy"         # 'entropy' (discriminator confidence) | 'curriculum' | 'none'
+    disc_hidden: int = 256
+    target_caption_frac: float = 0.0       # 0 = unsupervised target; >0 = upstream semi-supervised setting
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with `changes` applied (unknown keys are an error)."""
@@ -140,7 +171,9 @@ PROFILES: dict[str, dict] = {
     "smoke": dict(),
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="openai",
                   image_size=224, context_length=77, epochs=30, batch_size=100, lr=1e-5, lr_backbone=1e-5,
-                  weight_decay=0.2, num_workers=8, threads=8),
+                  weight_decay=0.2, num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
+                  sam_checkpoint="data/checkpoints/sam_vit_h_4b8939.pth", segment_size=224,
+                  lmm_model="Salesforce/instructblip-vicuna-7b", head_epochs=30, head_lr=1e-4),
 }
 
 def get_config(profile: str = "smoke", **overrides: Any) -> Config:

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import math
+import struct
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -13,49 +16,66 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .core import atomic_write, get_logger
 
 # %% auto 0
-__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'log', 'validate_manifest', 'make_manifest', 'write_manifest', 'read_manifest',
-           'ImageLoadError', 'load_image', 'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums',
-           'verify_checksums', 'duplicate_caption_report', 'load_urbancross_country', 'make_urbancross_fixture',
-           'load_karpathy_json', 'make_karpathy_fixture', 'ManifestDataset', 'caption_table']
+__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'validate_manifest', 'make_manifest', 'clip_caption',
+           'write_manifest', 'read_utf8', 'read_manifest', 'ImageLoadError', 'load_image', 'make_splits',
+           'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums', 'duplicate_caption_report',
+           'load_urbancross_country', 'make_urbancross_fixture', 'load_karpathy_json', 'make_karpathy_fixture',
+           'ManifestDataset', 'caption_table']
 
 # %% ../nbs/01_data.ipynb 4
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "domain", "lat", "lon", "split", "tags"]
 SPLITS = ("train", "val", "test")
+MAX_CAPTION_CHARS = 1000
 log = get_logger("urbancross.data")
 
 # %% ../nbs/01_data.ipynb 6
-def _bad_row(source: str, row: int, image_id: object, what: str) -> ValueError:
-    return ValueError(f"{source}: row {row} (image_id={image_id!r}): {what}")
+def _where(i: int, first_line: int | None) -> str:
+    return f"row {i}" if first_line is None else f"line {i + first_line}"
 
-def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFrame:
-    """Check the manifest's columns and rows; raise `ValueError` naming `source` and the row."""
+def _bad_row(source: str, where: str, image_id: object, what: str) -> ValueError:
+    return ValueError(f"{source}: {where} (image_id={image_id!r}): {what}")
+
+def _check_unique_ids(ids: Sequence, source: str, first_line: int | None = None) -> None:
+    """Raise `ValueError` naming every duplicated id and the rows (or lines) it is on."""
+    rows: dict = {}
+    for i, v in enumerate(ids):
+        rows.setdefault(v, []).append(i)
+    dups = [(v, r) for v, r in rows.items() if len(r) > 1]
+    if dups:
+        unit, off = ("rows", 0) if first_line is None else ("lines", first_line)
+        shown = "; ".join(f"{v!r} at {unit} {[i + off for i in r]}" for v, r in dups[:5])
+        more = f" (and {len(dups) - 5} more duplicated ids)" if len(dups) > 5 else ""
+        raise ValueError(f"{source}: duplicate image_id {shown}{more}; every image_id must be unique")
+
+# %% ../nbs/01_data.ipynb 7
+def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None) -> pd.DataFrame:
+    """Check the manifest's columns and rows; raise `ValueError` naming `source` and the row (or line)."""
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{source}: missing column(s) {missing}; expected {MANIFEST_COLUMNS}")
-    dup = df["image_id"][df["image_id"].duplicated()]
-    if len(dup):
-        raise ValueError(f"{source}: duplicate image_id {dup.iloc[0]!r} (rows {list(df.index[df.image_id == dup.iloc[0]])})")
+    _check_unique_ids(list(df["image_id"]), source, first_line)
     for i, r in enumerate(df.itertuples(index=False)):
+        where = _where(i, first_line)
         caps = r.captions
         if not isinstance(caps, (list, tuple)) or len(caps) == 0:
-            raise _bad_row(source, i, r.image_id, "no captions")
+            raise _bad_row(source, where, r.image_id, "no captions")
         for c in caps:
             if not isinstance(c, str) or not c.strip():
-                raise _bad_row(source, i, r.image_id, "empty caption")
+                raise _bad_row(source, where, r.image_id, "empty caption")
         if r.split not in SPLITS:
-            raise _bad_row(source, i, r.image_id, f"split {r.split!r} is not one of {SPLITS}")
+            raise _bad_row(source, where, r.image_id, f"split {r.split!r} is not one of {SPLITS}")
         for name in ("lat", "lon"):
             v = getattr(r, name)
             if v is not None and not isinstance(v, (int, float, np.floating, np.integer)):
-                raise _bad_row(source, i, r.image_id, f"{name}={v!r} is not a number")
+                raise _bad_row(source, where, r.image_id, f"{name}={v!r} is not a number")
     return df
 
-# %% ../nbs/01_data.ipynb 7
+# %% ../nbs/01_data.ipynb 8
 def make_manifest(rows: Iterable[dict]) -> pd.DataFrame:
     """A manifest DataFrame from row dicts (missing optional fields filled)."""
     defaults = dict(lat=float("nan"), lon=float("nan"), tags="", split="train")
@@ -64,7 +84,30 @@ def make_manifest(rows: Iterable[dict]) -> pd.DataFrame:
     df["tags"] = df["tags"].fillna("").astype(str)
     return df
 
-# %% ../nbs/01_data.ipynb 10
+# %% ../nbs/01_data.ipynb 11
+def clip_caption(text: str, max_chars: int = MAX_CAPTION_CHARS) -> str:
+    """`text` unchanged if it fits in `max_chars`, else cut at the last space before the limit."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    space = cut.rfind(" ")
+    return (cut[:space] if space >= max_chars // 2 else cut).rstrip()
+
+def _clip_captions(caps: list, where: str, clipped: list) -> list:
+    """`caps` with each string clipped; appends `(where, length)` to `clipped` for each one cut."""
+    out = []
+    for c in caps:
+        if isinstance(c, str) and len(c) > MAX_CAPTION_CHARS:
+            clipped.append((where, len(c))); c = clip_caption(c)
+        out.append(c)
+    return out
+
+def _warn_clipped(source: str | Path, clipped: list) -> None:
+    if clipped:
+        log.warning(f"{source}: {len(clipped)} caption(s) longer than {MAX_CAPTION_CHARS} characters truncated "
+                    f"(first at {clipped[0][0]}, {clipped[0][1]} characters)")
+
+# %% ../nbs/01_data.ipynb 14
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate and write `df` as CSV at `path` (atomic; paths made relative to its folder)."""
     path = Path(path)
@@ -78,15 +121,34 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         out.to_csv(f, index=False, lineterminator="\n")
     return path
 
-# %% ../nbs/01_data.ipynb 11
-def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Read a UTF-8 CSV, naming the file on decoding errors or missing columns."""
+# %% ../nbs/01_data.ipynb 16
+def read_utf8(path: str | Path) -> str:
+    """The text of `path` as UTF-8 (BOM dropped); a bad byte is named by offset and line."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(f"{path}: not valid UTF-8 at byte {e.start} (line {line}, byte {col} of the line: "
+                         f"{raw[e.start:e.start + 1]!r}, {e.reason}); re-save the file as UTF-8") from e
+    return text[1:] if text.startswith("\ufeff") else text
+
+def _read_csv(path: Path, required: Sequence[str], complete: bool = False) -> pd.DataFrame:
+    """Read a UTF-8 CSV, naming the file on decoding errors, truncation or missing columns."""
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
+    text = read_utf8(path)
+    if not text.strip():
+        raise ValueError(f"{path}: file is empty; expected a CSV with columns {list(required)}")
+    if not text.endswith("\n"):
+        if complete:
+            raise ValueError(f"{path}: does not end with a newline, so its last row was cut off (truncated "
+                             "copy?); restore the file or re-create it with write_manifest")
+        log.warning(f"{path}: does not end with a newline; check that its last row is complete")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); re-save the file as UTF-8") from e
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.ParserError as e:
         raise ValueError(f"{path}: malformed CSV: {e}") from e
     missing = [c for c in required if c not in df.columns]
@@ -95,48 +157,104 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return df
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and validate a manifest CSV written by `write_manifest`."""
+    """Read and validate a manifest CSV written by `write_manifest`; errors name file lines."""
     path = Path(path)
-    df = _read_csv(path, MANIFEST_COLUMNS)
-    caps = []
+    df = _read_csv(path, MANIFEST_COLUMNS, complete=True)
+    caps, clipped = [], []
     for i, s in enumerate(df["captions"]):
         try:
             c = json.loads(s)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {i + 2}: captions is not a JSON list: {s[:60]!r}") from e
-        caps.append(c if isinstance(c, list) else [c])
+        caps.append(_clip_captions(c if isinstance(c, list) else [c], f"line {i + 2}", clipped))
+    _warn_clipped(path, clipped)
     df["captions"] = caps
     df["image_path"] = [str((path.parent / p).resolve()) for p in df["image_path"]]
     for c in ("lat", "lon"):
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce").astype(float)
-    return validate_manifest(df, str(path))
+    return validate_manifest(df, str(path), first_line=2)
 
-# %% ../nbs/01_data.ipynb 16
+# %% ../nbs/01_data.ipynb 22
 class ImageLoadError(ValueError):
     """An image file that exists but cannot be decoded."""
+
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_CONVERSIONS = {"L": "gray copied to R, G, B", "1": "bilevel to 0/255 gray", "P": "palette looked up",
+                "RGBA": "alpha dropped", "LA": "alpha dropped, gray copied", "PA": "alpha dropped, palette looked up"}
+_logged_modes: set = set()
+
+def _stretch_to_8bit(im: Image.Image, path: Path) -> tuple[Image.Image, str]:
+    """A 16/32-bit or float image min-max stretched to 8-bit gray, and a note of the range."""
+    arr = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ImageLoadError(f"image {path} (mode {im.mode!r}) has NaN or infinite pixels")
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(arr.astype(np.uint8)), f"stretched from [{lo:g}, {hi:g}] to [0, 255]"
+
+def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """An 8-bit RGB copy of a loaded image, logging any conversion."""
+    mode = im.mode
+    if mode == "RGB":
+        return im.convert("RGB")
+    if mode in _WIDE_MODES:
+        im, how = _stretch_to_8bit(im, path)
+    else:
+        how = _CONVERSIONS.get(mode, "PIL convert('RGB')")
+    first = mode not in _logged_modes
+    _logged_modes.add(mode)
+    log.log(logging.INFO if first else logging.DEBUG, f"load_image: {path} is mode {mode!r}, converted to 8-bit RGB "
+            f"({how})" + (f"; later {mode!r} images are logged at DEBUG" if first else ""))
+    return im.convert("RGB")
+
+# %% ../nbs/01_data.ipynb 23
+def _png_end_missing(path: Path) -> bool:
+    """True if the PNG at `path` lacks a complete `IEND` chunk (name + CRC) in its last 4 KiB."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        tail = f.read()
+    end = tail.rfind(b"IEND")
+    return end < 0 or end + 8 > len(tail)
+
+def _declared_zero_size(path: Path) -> str | None:
+    """'WxH' if `path` is a PNG whose header declares a zero width or height (PIL refuses to open those)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return f"{w}x{h}" if w == 0 or h == 0 else None
+    return None
 
 def load_image(path: str | Path) -> Image.Image:
     """Decode `path` to an 8-bit RGB PIL image; errors name the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"image {path} is an empty file (0 bytes)")
+    pad_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(path) as im:
-            im.load()
             if im.width == 0 or im.height == 0:
-                raise ImageLoadError(f"image {path} has zero size")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-                im = Image.fromarray(arr.astype(np.uint8))
-            return im.convert("RGB")
+                raise ImageLoadError(f"image {path} has zero size ({im.width}x{im.height})")
+            if im.format == "PNG":
+                im.verify()
+                if _png_end_missing(path):
+                    raise ImageLoadError(f"image {path} is corrupt or truncated: PNG ends before its IEND chunk")
+        with Image.open(path) as im:
+            im.load()
+            return _to_rgb(im, path)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
+            Image.DecompressionBombError) as e:
+        if (size := _declared_zero_size(path)) is not None:
+            raise ImageLoadError(f"image {path} has zero size ({size} in its header)") from e
         raise ImageLoadError(f"image {path} is corrupt or truncated: {e}") from e
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = pad_truncated
 
-# %% ../nbs/01_data.ipynb 19
+# %% ../nbs/01_data.ipynb 30
 def make_splits(image_ids: Sequence[str], seed: int, fractions: tuple = (0.7, 0.1, 0.2)) -> dict[str, str]:
     """Map each id to 'train'/'val'/'test', deterministically from `seed`."""
     if abs(sum(fractions) - 1) > 1e-9:
@@ -159,7 +277,7 @@ def write_split_lists(df: pd.DataFrame, folder: str | Path, name_col: str = "ima
         written.append(p)
     return written
 
-# %% ../nbs/01_data.ipynb 22
+# %% ../nbs/01_data.ipynb 33
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -191,7 +309,7 @@ def verify_checksums(sums: str | Path) -> int:
         n += 1
     return n
 
-# %% ../nbs/01_data.ipynb 25
+# %% ../nbs/01_data.ipynb 36
 def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
     """Captions (lower-cased, whitespace-normalised) that occur in more than one image."""
     rows = [(" ".join(c.lower().split()), r.image_id, r.domain) for r in df.itertuples() for c in r.captions]
@@ -200,7 +318,7 @@ def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
                                     domains=("domain", lambda s: sorted(set(s))))
     return g[g.n_images > 1].sort_values("n_images", ascending=False).reset_index()
 
-# %% ../nbs/01_data.ipynb 28
+# %% ../nbs/01_data.ipynb 39
 def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
     """Extract `zip_path` into `dest` once, atomically (a `.complete` marker says it finished)."""
     marker = dest / ".complete"
@@ -222,7 +340,7 @@ def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
         import shutil; shutil.rmtree(tmp)
     return dest
 
-# %% ../nbs/01_data.ipynb 29
+# %% ../nbs/01_data.ipynb 40
 def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
                             check_images: bool = True) -> pd.DataFrame:
     """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
@@ -238,13 +356,28 @@ def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
         images = _extract_zip_once(folder / "images.zip", images)
     captions: dict[str, list[str]] = {}
     extra: dict[str, dict] = {}
+    name_of_id: dict[str, tuple[str, int]] = {}
+    repeated, clipped = [], []
     for i, r in enumerate(df.itertuples(index=False)):
+        line = i + 2
         if not str(r.image_name).strip():
-            raise ValueError(f"{csv}: line {i + 2}: empty image_name")
+            raise ValueError(f"{csv}: line {line}: empty image_name")
         if not str(r.description).strip():
-            raise ValueError(f"{csv}: line {i + 2} (image_name={r.image_name!r}): empty caption")
-        captions.setdefault(r.image_name, []).append(str(r.description).strip())
+            raise ValueError(f"{csv}: line {line} (image_name={r.image_name!r}): empty caption")
+        image_id = f"{country.lower()}/{Path(r.image_name).stem}"
+        first_name, first_line = name_of_id.setdefault(image_id, (r.image_name, line))
+        if first_name != r.image_name:
+            raise ValueError(f"{csv}: lines {first_line} and {line}: image_name {first_name!r} and {r.image_name!r} "
+                             f"give the same image_id {image_id!r}; rename one of the files")
+        cap = _clip_captions([str(r.description).strip()], f"line {line}", clipped)[0]
+        if cap in captions.get(r.image_name, []):
+            repeated.append(line); continue
+        captions.setdefault(r.image_name, []).append(cap)
         extra.setdefault(r.image_name, {k: getattr(r, k) for k in ("lat", "lon", "tags") if k in df.columns})
+    _warn_clipped(csv, clipped)
+    if repeated:
+        log.warning(f"{csv}: {len(repeated)} row(s) repeat an earlier (image_name, caption) pair and were dropped "
+                    f"(lines {repeated[:10]}{' ...' if len(repeated) > 10 else ''})")
     split_files = {s: folder / f"{s}_list.txt" for s in SPLITS}
     if all(p.exists() for p in split_files.values()):
         split = {n.strip(): s for s, p in split_files.items() for n in p.read_text().splitlines() if n.strip()}
@@ -263,7 +396,7 @@ def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
                          tags=e.get("tags", "")))
     return validate_manifest(make_manifest(rows), str(csv))
 
-# %% ../nbs/01_data.ipynb 31
+# %% ../nbs/01_data.ipynb 42
 def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int = 4) -> Path:
     """Write a tiny dataset in the UrbanCross release layout (for tests and examples)."""
     folder = Path(root) / country; folder.mkdir(parents=True, exist_ok=True)
@@ -277,7 +410,7 @@ def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int =
                  ).to_csv(folder / f"instructblip_generation_{country.lower()}_refine.csv", index=False)
     return folder
 
-# %% ../nbs/01_data.ipynb 36
+# %% ../nbs/01_data.ipynb 47
 def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: str, seed: int = 0,
                        check_images: bool = True) -> pd.DataFrame:
     """Manifest of an RSICD/RSITMD-style caption JSON."""
@@ -289,22 +422,27 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{json_path}: not a caption JSON with an 'images' list: {e}") from e
     fallback = make_splits([it.get("filename", "") for it in items], seed)
-    rows = []
+    rows, clipped, seen = [], [], {}
     for i, it in enumerate(items):
         if "filename" not in it or "sentences" not in it:
             raise ValueError(f"{json_path}: images[{i}] lacks 'filename' or 'sentences'")
+        if (j := seen.setdefault(Path(it["filename"]).stem, i)) != i:
+            raise ValueError(f"{json_path}: images[{j}] and images[{i}] ({it['filename']!r}) give the same "
+                             f"image_id {domain + '/' + Path(it['filename']).stem!r}")
         caps = [(s.get("raw") or " ".join(s.get("tokens", []))).strip() for s in it["sentences"]]
         if not caps or not all(caps):
             raise ValueError(f"{json_path}: images[{i}] ({it['filename']!r}): empty caption")
+        caps = _clip_captions(caps, f"images[{i}]", clipped)
         path = images_dir / it["filename"]
         if check_images and not path.exists():
             raise FileNotFoundError(f"{json_path}: images[{i}]: image {path} does not exist")
         split = {"restval": "train"}.get(it.get("split"), it.get("split")) or fallback[it["filename"]]
         rows.append(dict(image_id=f"{domain}/{Path(it['filename']).stem}", image_path=str(path), captions=caps,
                          domain=domain, split=split))
+    _warn_clipped(json_path, clipped)
     return validate_manifest(make_manifest(rows), str(json_path))
 
-# %% ../nbs/01_data.ipynb 37
+# %% ../nbs/01_data.ipynb 48
 def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n: int = 3) -> tuple[Path, Path]:
     """Write a tiny RSICD/RSITMD-format dataset (for tests and examples)."""
     root = Path(root); (root / "images").mkdir(parents=True, exist_ok=True)
@@ -318,7 +456,7 @@ def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n:
     (root / name).write_text(json.dumps({"images": items, "dataset": name}))
     return root / name, root / "images"
 
-# %% ../nbs/01_data.ipynb 40
+# %% ../nbs/01_data.ipynb 51
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
     def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = True):
@@ -338,7 +476,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         caps = self.df.captions[i]
         return self.transform(self.image(i)), caps[int(self.rng.integers(len(caps)))], i
 
-# %% ../nbs/01_data.ipynb 41
+# %% ../nbs/01_data.ipynb 52
 def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """All captions of a manifest and, for each, the row index of its image."""
     texts, owner = [], []

@@ -18,8 +18,8 @@ from .core import Config, atomic_write, get_logger, git_sha, paths
 from .data import load_karpathy_json, load_urbancross_country, read_manifest
 
 # %% auto 0
-__all__ = ['log', 'data_root', 'load_profile_data', 'write_results', 'parameters_cells', 'experiment_notebooks',
-           'literal_parameters', 'run_all', 'main']
+__all__ = ['log', 'data_root', 'load_profile_data', 'profile_segments', 'adaptation_bank', 'write_results', 'parameters_cells',
+           'experiment_notebooks', 'literal_parameters', 'run_all', 'main']
 
 # %% ../nbs/09_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
@@ -44,6 +44,27 @@ def load_profile_data(cfg: Config) -> pd.DataFrame:
     raise ValueError(f"data_source={src!r}; choose 'embedded', 'urbancross', 'rsicd' or 'rsitmd'")
 
 # %% ../nbs/09_experiment.ipynb 10
+def profile_segments(cfg: Config, df: pd.DataFrame, cache_root: str | Path | None = None) -> tuple[dict, dict]:
+    """{image_id: (crops, valid)} of the first `cfg.num_seg_stored` segments of every image, and cache stats."""
+    from urbancross.segments import SamParams, SegmentCache, SegmentConfig, make_segmenter, read_segments, segment_manifest
+    root = Path(cache_root) if cache_root else paths()["cache"]
+    seg = make_segmenter(cfg.segmenter, cfg.sam_checkpoint or None, sam=SamParams(model_type=cfg.sam_model_type))
+    table, stats = segment_manifest(df, seg, SegmentCache(root / "segments"), cfg.num_seg_stored,
+                                    SegmentConfig(num_stored=cfg.num_seg_stored, crop_size=cfg.segment_size))
+    log.info(f"segments: {stats['images']} images, {stats['hits']} cache hits, {stats['misses']} computed "
+             f"in {stats['seconds']:.1f} s")
+    return {i: read_segments(p, cfg.num_seg_stored) for i, p in zip(table.image_id, table.segment_path)}, stats
+
+def adaptation_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None) -> tuple:
+    """(FeatureBank with segments, the model whose frozen towers made it) for the manifest `df`."""
+    from urbancross.features import feature_bank
+    from urbancross.model import build_model
+    root = Path(cache_root) if cache_root else paths()["cache"]
+    model = model if model is not None else build_model(cfg)
+    segments, _ = profile_segments(cfg, df, root)
+    return feature_bank(cfg, model, df, root / "features", segments), model
+
+# %% ../nbs/09_experiment.ipynb 15
 def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
                   results_dir: str | Path | None = None) -> pd.DataFrame:
     """Write `results/<name>.csv` with profile, seed and git SHA columns added; returns the table."""
@@ -58,7 +79,7 @@ def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
         df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
     return df
 
-# %% ../nbs/09_experiment.ipynb 13
+# %% ../nbs/09_experiment.ipynb 18
 def parameters_cells(nb_path: str | Path) -> list[int]:
     """Indices of the cells tagged `parameters` in a notebook."""
     nb = nbformat.read(nb_path, as_version=4)
@@ -89,7 +110,7 @@ def literal_parameters(nb_path: str | Path) -> dict:
             raise ValueError(f"{nb_path}: parameter {node.targets[0].id} is not a literal") from e
     return out
 
-# %% ../nbs/09_experiment.ipynb 14
+# %% ../nbs/09_experiment.ipynb 19
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
             out_dir: str | Path | None = None) -> list[dict]:
     """Run experiment notebooks in order with papermill; stop at the first failure."""

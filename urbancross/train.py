@@ -3,15 +3,20 @@
 # %% ../nbs/07_train.ipynb 2
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import random
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from .core import Config, atomic_torch_save, get_logger, safe_torch_load, seed_everything
 from .data import ManifestDataset, caption_table
@@ -19,8 +24,10 @@ from .metrics import retrieval_metrics
 from .model import RetrievalModel, embed_images, embed_texts, param_groups, set_trainable
 
 # %% auto 0
-__all__ = ['log', 'same_text_mask', 'contrastive_loss', 'triplet_loss', 'alignment_loss', 'warmup_cosine', 'evaluate',
-           'make_loader', 'train', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['log', 'RESUME_KEYS', 'same_text_mask', 'contrastive_loss', 'triplet_loss', 'alignment_loss', 'warmup_cosine',
+           'evaluate', 'ReplayDataset', 'epoch_batches', 'epoch_loader', 'rng_state', 'set_rng_state',
+           'init_distributed', 'shard_sizes', 'scale_grad', 'gather_embeddings', 'save_checkpoint',
+           'restore_checkpoint', 'load_checkpoint', 'check_resumable', 'train_step', 'train']
 
 # %% ../nbs/07_train.ipynb 4
 log = get_logger("urbancross.train")
@@ -82,57 +89,310 @@ def evaluate(model: RetrievalModel, df: pd.DataFrame, block_size: int = 1024,
     return retrieval_metrics(embed_images(model, images), embed_texts(model, texts), owner, block_size=block_size)
 
 # %% ../nbs/07_train.ipynb 16
-def make_loader(cfg: Config, dataset: torch.utils.data.Dataset, seed: int) -> torch.utils.data.DataLoader:
-    """Shuffled, seeded loader; drops a last batch smaller than 2 (a contrastive batch needs negatives)."""
-    g = torch.Generator().manual_seed(seed)
-    drop_last = len(dataset) % cfg.batch_size == 1
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                                       num_workers=cfg.num_workers, drop_last=drop_last)
+class ReplayDataset(torch.utils.data.Dataset):
+    """Training items keyed by `(epoch, row)`: caption and augmentation are functions of (seed, epoch, row)."""
+    def __init__(self, base: ManifestDataset, seed: int):
+        self.base, self.seed = base, seed
 
-# %% ../nbs/07_train.ipynb 17
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _rng(self, epoch: int, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, i])
+
+    def _pick(self, rng: np.random.Generator, i: int) -> str:
+        caps = self.base.df.captions[i]
+        return caps[int(rng.integers(len(caps)))]
+
+    def caption(self, epoch: int, i: int) -> str:
+        """The caption row `i` shows in `epoch`."""
+        return self._pick(self._rng(epoch, i), i)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, int]:
+        epoch, i = key
+        rng = self._rng(epoch, i)
+        caption = self._pick(rng, i)
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(int(rng.integers(2**62)))
+            x = self.base.transform(self.base.image(i))
+        return x, caption, i
+
+# %% ../nbs/07_train.ipynb 20
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 2) -> list[list[int]]:
+    """One epoch's shuffled batches of row indices; a last batch smaller than `min_size` is dropped."""
+    perm = torch.randperm(n, generator=generator).tolist()
+    batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return batches if batches and len(batches[-1]) >= min_size else batches[:-1]
+
+def epoch_loader(data: ReplayDataset, batches: Sequence[Sequence[int]], epoch: int,
+                 num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A loader over `batches` (row indices) of `epoch`; it never draws from the global RNG."""
+    keys = [[(epoch, i) for i in b] for b in batches]
+    return torch.utils.data.DataLoader(data, batch_sampler=keys, num_workers=num_workers,
+                                       generator=torch.Generator().manual_seed(data.seed))
+
+# %% ../nbs/07_train.ipynb 23
+def rng_state(device: torch.device | None = None) -> dict:
+    """Python, NumPy, torch CPU (and CUDA `device`) RNG states as weights-only-loadable values."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore the states saved by `rng_state`."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+# %% ../nbs/07_train.ipynb 27
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group `torchrun` describes (env `WORLD_SIZE` > 1); returns (rank, world size)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)               # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+    log.info(f"distributed: rank {dist.get_rank()} of {dist.get_world_size()}, backend {backend}")
+    return dist.get_rank(), dist.get_world_size()
+
+def shard_sizes(n: int, world: int) -> list[int]:
+    """Rows of an `n`-row batch that each of `world` processes takes (contiguous, differing by at most 1)."""
+    return [n // world + (r < n % world) for r in range(world)]
+
+# %% ../nbs/07_train.ipynb 28
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient by `factor` in the backward pass."""
+    return _ScaleGrad.apply(x, factor)
+
+def gather_embeddings(img: torch.Tensor, txt: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All processes' embeddings in rank order; the gradient reaches this process's shard only (times world size)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return img, txt
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = torch.cat([img, txt], dim=1)
+    padded = local.new_zeros(max(sizes), local.shape[1])
+    padded[:len(local)] = local.detach()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    parts = [p[:n] for p, n in zip(parts, sizes)]
+    parts[rank] = scale_grad(local, world)
+    both = torch.cat(parts)
+    return both[:, :img.shape[1]], both[:, img.shape[1]:]
+
+# %% ../nbs/07_train.ipynb 32
+def _plain_config(cfg: Config) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}
+
+def save_checkpoint(path: str | Path, model: RetrievalModel, opt: torch.optim.Optimizer, cfg: Config, epoch: int,
+                    step: int = 0, scheduler=None, scaler=None, state: dict | None = None) -> Path:
+    """Write model, optimizer, position (epoch done, `step` of the next) and resume `state` atomically."""
+    ck = {"model": model.clip.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+          "config": _plain_config(cfg)}
+    if scheduler is not None:
+        ck["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        ck["scaler"] = scaler.state_dict()
+    return atomic_torch_save({**ck, **(state or {})}, path)
+
+def restore_checkpoint(ck: dict, model: RetrievalModel, opt: torch.optim.Optimizer | None = None,
+                       scheduler=None, scaler=None) -> dict:
+    """Load a checkpoint dict's states into the objects given; returns it."""
+    model.clip.load_state_dict(ck["model"])
+    for obj, key in ((opt, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+        if obj is not None and key in ck:
+            obj.load_state_dict(ck[key])
+    return ck
+
+def load_checkpoint(path: str | Path, model: RetrievalModel, opt: torch.optim.Optimizer | None = None,
+                    scheduler=None, scaler=None) -> dict:
+    """Load a checkpoint written by `save_checkpoint` into `model` (and `opt`, ...; weights only); returns it."""
+    return restore_checkpoint(safe_torch_load(path), model, opt, scheduler, scaler)
+
+# %% ../nbs/07_train.ipynb 34
+RESUME_KEYS = ("seed", "batch_size", "epochs", "lr", "lr_backbone", "weight_decay", "warmup_frac", "loss",
+               "margin", "trainable", "model_name", "image_size", "context_length")
+
+def check_resumable(ck: dict, cfg: Config, n_items: int, path: str | Path) -> None:
+    """Raise `ValueError` naming `path` if `ck` cannot continue a run of `cfg` on `n_items` rows."""
+    if "rng" not in ck or "sampler_state" not in ck:
+        raise ValueError(f"checkpoint {path} holds weights only, no training-loop state; it cannot be resumed "
+                         "(use load_checkpoint for the weights, or resume=False to train from scratch)")
+    now, then = _plain_config(cfg), ck.get("config", {})
+    diff = [f"{k}: {then.get(k)!r} in the checkpoint, {now[k]!r} now" for k in RESUME_KEYS if then.get(k) != now[k]]
+    if ck.get("n_items") != n_items:
+        diff.append(f"training rows: {ck.get('n_items')} in the checkpoint, {n_items} now")
+    if diff:
+        raise ValueError(f"checkpoint {path} comes from a different run ({'; '.join(diff)}); "
+                         "resuming would not replay it: use another checkpoint path or resume=False")
+
+# %% ../nbs/07_train.ipynb 36
+def train_step(cfg: Config, net: torch.nn.Module, model: RetrievalModel, opt: torch.optim.Optimizer, sched,
+               scaler: torch.amp.GradScaler, x: torch.Tensor, texts: Sequence[str], sizes: Sequence[int]) -> float:
+    """One optimizer step on a global batch whose `texts` are all captions and `x` this process's shard."""
+    rank = dist.get_rank() if len(sizes) > 1 else 0
+    lo = sum(sizes[:rank])
+    device = model.logit_scale.device
+    autocast = (torch.autocast(device.type, dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext())
+    with autocast:
+        img, txt = net(x.to(device), list(texts[lo:lo + sizes[rank]]))
+    img, txt = gather_embeddings(img.float(), txt.float(), sizes)
+    loss = alignment_loss(cfg, img, txt, model.logit_scale, texts)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    scaler.step(opt); scaler.update(); sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
+
+# %% ../nbs/07_train.ipynb 37
+def _process_device(model: RetrievalModel, world: int) -> torch.device:
+    """The model's device; under DDP on CUDA, this process's GPU (LOCAL_RANK), moving the model there."""
+    device = model.logit_scale.device
+    if world > 1 and device.type == "cuda":
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+        if device != local:
+            model.to(local); device = local
+    return device
+
+def _gather_rng(device: torch.device, world: int) -> list[dict]:
+    """Every process's RNG states, in rank order (a collective call under DDP)."""
+    state = rng_state(device)
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+def _remove_partial_saves(path: Path) -> None:
+    """Delete temporary files a process killed while saving `path` left next to it."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        log.warning(f"removing {tmp}, a partial save of {path.name} left by an interrupted run")
+        tmp.unlink(missing_ok=True)
+
+def _local_shards(batches: Sequence[Sequence[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's contiguous part of each global batch."""
+    out = []
+    for b in batches:
+        sizes = shard_sizes(len(b), world)
+        out.append(list(b[sum(sizes[:rank]):sum(sizes[:rank + 1])]))
+    return out
+
+def _resume_state(path: Path, cfg: Config, n_items: int, model: RetrievalModel, opt, sched, scaler,
+                  order: torch.Generator) -> dict:
+    """Load a resumable checkpoint into the run's objects; returns the loop position it holds."""
+    ck = safe_torch_load(path)
+    check_resumable(ck, cfg, n_items, path)
+    restore_checkpoint(ck, model, opt, sched, scaler)
+    order.set_state(ck["sampler_state"])
+    return {k: ck[k] for k in ("epoch", "step", "global_step", "history", "epoch_losses", "elapsed", "rng")}
+
+# %% ../nbs/07_train.ipynb 38
 def train(cfg: Config, model: RetrievalModel, train_df: pd.DataFrame, val_df: pd.DataFrame | None = None,
-          checkpoint: str | Path | None = None) -> pd.DataFrame:
-    """Fine-tune `model` on `train_df`; returns per-epoch history."""
+          checkpoint: str | Path | None = None, resume: bool = False, checkpoint_every: int | None = None,
+          amp: bool | None = None, on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Fine-tune `model` on `train_df` (resumable; DDP under torchrun); returns per-epoch history."""
+    rank, world = init_distributed()
+    info = log.info if rank == 0 else (lambda msg: None)
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     set_trainable(model, cfg.trainable)
-    device = model.logit_scale.device
-    ds = ManifestDataset(train_df, model.train_transform, seed=cfg.seed)
-    loader = make_loader(cfg, ds, cfg.seed)
+    if cfg.loss != "infonce":
+        model.logit_scale.requires_grad_(False)    # no temperature in the loss: DDP must not wait for its gradient
+    device = _process_device(model, world)
+    every = int(checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 0) or 0)
+    use_amp = bool(amp if amp is not None else getattr(cfg, "amp", False)) and device.type == "cuda"
+    data = ReplayDataset(ManifestDataset(train_df, model.train_transform, seed=cfg.seed), cfg.seed)
+    min_size = max(2, world)
+    per_epoch = len(data) // cfg.batch_size + (len(data) % cfg.batch_size >= min_size)
+    if cfg.batch_size < min_size or per_epoch == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} with {len(data)} training rows and {world} process(es): "
+                         f"need batch_size >= {min_size} and at least one full batch")
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay))
-    total = cfg.epochs * len(loader)
+    total = cfg.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, cfg.warmup_frac))
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    order = torch.Generator().manual_seed(cfg.seed)
+    if resume and not checkpoint:
+        raise ValueError("resume=True needs checkpoint=<path of the run's checkpoint>")
+    if checkpoint and rank == 0:
+        _remove_partial_saves(Path(checkpoint))
+    history, epoch0, step0, gs, done_losses, elapsed, rngs = [], 0, 0, 0, [], 0.0, None
+    if resume and Path(checkpoint).exists():
+        st = _resume_state(Path(checkpoint), cfg, len(data), model, opt, sched, scaler, order)
+        history, epoch0, step0, gs = list(st["history"]), st["epoch"], st["step"], st["global_step"]
+        done_losses, elapsed, rngs = list(st["epoch_losses"]), st["elapsed"], st["rng"]
+        if epoch0 >= cfg.epochs:
+            info(f"checkpoint {checkpoint} is a finished run ({epoch0} epochs): weights loaded, nothing to train")
+            return pd.DataFrame(history)
+        info(f"resuming from {checkpoint}: epoch {epoch0 + 1}/{cfg.epochs}, step {step0}/{per_epoch} "
+             f"(global step {gs}), written by {len(rngs)} process(es)")
+    elif resume:
+        info(f"no checkpoint at {checkpoint}: starting fresh")
+    net = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    saving = f", checkpoint {checkpoint} at epoch ends" + (f" and every {every} steps" if every else "") if checkpoint else ""
+    info(f"training {model.name} (trainable={cfg.trainable}, loss={cfg.loss}) on {len(data)} rows: "
+         f"{cfg.epochs} epochs x {per_epoch} steps, global batch {cfg.batch_size} over {world} process(es) on "
+         f"{device.type}, amp={use_amp}{saving}")
+    if rngs is not None:
+        if len(rngs) != world:
+            log.warning(f"checkpoint written by {len(rngs)} process(es), resumed by {world}: RNG streams restart from rank 0's")
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0], device)
     val_images = ManifestDataset(val_df, lambda im: im)._images if val_df is not None else None
-    history, t0 = [], time.time()
-    for epoch in range(cfg.epochs):
-        model.train(); losses = []
-        for x, texts, _ in loader:
-            img, txt = model(x.to(device), texts)
-            loss = alignment_loss(cfg, img, txt, model.logit_scale, texts)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step(); sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-        row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), seconds=time.time() - t0)
+    t0 = time.time()
+
+    def save(epoch_done: int, step: int, sampler_state: torch.Tensor, losses: list[float]) -> None:
+        rng = _gather_rng(device, world)
+        if rank == 0:
+            save_checkpoint(checkpoint, model, opt, cfg, epoch_done, step, sched, scaler, state=dict(
+                global_step=gs, history=history, epoch_losses=losses, elapsed=elapsed + time.time() - t0,
+                sampler_state=sampler_state, rng=rng, n_items=len(data), world_size=world))
+
+    for epoch in range(epoch0, cfg.epochs):
+        epoch_start = order.get_state()
+        batches = epoch_batches(len(data), cfg.batch_size, order, min_size)
+        first = step0 if epoch == epoch0 else 0
+        losses = done_losses if epoch == epoch0 else []
+        net.train()
+        loader = epoch_loader(data, _local_shards(batches[first:], rank, world), epoch, cfg.num_workers)
+        for step, batch, (x, _, _) in zip(range(first, len(batches)), batches[first:], loader):
+            texts = [data.caption(epoch, i) for i in batch]
+            losses.append(train_step(cfg, net, model, opt, sched, scaler, x, texts, shard_sizes(len(batch), world)))
+            gs += 1
+            if checkpoint and every and gs % every == 0 and step + 1 < len(batches):
+                save(epoch, step + 1, epoch_start, losses)
+            if on_step is not None:
+                on_step(dict(epoch=epoch, step=step + 1, global_step=gs, loss=losses[-1]))
+        row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), seconds=elapsed + time.time() - t0)
         if val_df is not None:
             row["val_mR"] = evaluate(model, val_df, cfg.eval_block_size, val_images)["mR"]
         history.append(row)
-        log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    if checkpoint:
-        save_checkpoint(checkpoint, model, opt, cfg, cfg.epochs)
+        info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if checkpoint:
+            save(epoch + 1, 0, order.get_state(), [])
     return pd.DataFrame(history)
-
-# %% ../nbs/07_train.ipynb 18
-def save_checkpoint(path: str | Path, model: RetrievalModel, opt: torch.optim.Optimizer, cfg: Config, epoch: int) -> Path:
-    """Write model and optimizer state atomically."""
-    return atomic_torch_save({"model": model.clip.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                              "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}}, path)
-
-def load_checkpoint(path: str | Path, model: RetrievalModel) -> dict:
-    """Load a checkpoint written by `save_checkpoint` into `model` (weights only); returns it."""
-    ck = safe_torch_load(path)
-    model.clip.load_state_dict(ck["model"])
-    return ck
