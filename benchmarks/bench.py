@@ -350,6 +350,55 @@ def bench_eval(quick: bool) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------- caches
+
+def _cache_row(cache: str, backend: str, images: int, first: tuple, rerun: tuple, hits: str, misses: str) -> dict:
+    """One row: seconds and hit/miss counts of a cold run (`first`) and a warm rerun, each (seconds, stats)."""
+    (t1, s1), (t2, s2) = first, rerun
+    return dict(cache=cache, backend=backend, images=images, first_s=t1, rerun_s=t2,
+                first_misses=s1[misses], rerun_hits=s2[hits], rerun_misses=s2[misses],
+                rerun_hit_rate=s2[hits] / max(1, s2[hits] + s2[misses]), speedup=t1 / t2 if t2 else None)
+
+
+def _timed(fn: Callable[[], dict]) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    stats = fn()
+    return time.perf_counter() - t0, stats
+
+
+@register
+def bench_caches(quick: bool) -> list[dict]:
+    """Segment and caption caches: cold first run vs warm rerun on the same images (fresh cache folder)."""
+    import tempfile
+
+    from urbancross.data import read_manifest
+    from urbancross.embedded import ensure_embedded
+    from urbancross.refine import CaptionCache, make_captioner, refine_manifest, tiny_instructblip
+    from urbancross.segments import (SamParams, SamSegmenter, SegmentCache, SegmentConfig, build_tiny_sam,
+                                     make_segmenter, segment_manifest)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_caches_"))
+    n = 20 if quick else 200                                       # images per domain
+    df = read_manifest(ensure_embedded(images_per_domain=n, image_size=128, seed=0))
+    small = df.groupby("domain").head(4 if quick else 8).reset_index(drop=True)
+    rows = []
+    seg_cfg = SegmentConfig(num_stored=10, crop_size=64)
+    segmenters = [("superpixel", df, make_segmenter("superpixel")),
+                  ("SAM (tiny, random weights)", small,
+                   SamSegmenter(build_tiny_sam(), SamParams(model_type="tiny", device="cpu", points_per_side=8)))]
+    for name, frame, seg in segmenters:
+        cache = SegmentCache(tmp / "segments")
+        runs = [_timed(lambda: segment_manifest(frame, seg, cache, 10, seg_cfg)[1]) for _ in range(2)]
+        rows.append(_cache_row("segments (.npz per image)", name, len(frame), *runs, "hits", "misses"))
+    model_dir = tiny_instructblip(tmp / "tiny_instructblip")
+    captioners = [("embedded captions", df, make_captioner("embedded")),
+                  ("InstructBLIP (tiny, random weights)", small, make_captioner("instructblip", model_dir, device="cpu"))]
+    for name, frame, cap in captioners:
+        path = tmp / f"captions_{len(rows)}.jsonl"
+        runs = [_timed(lambda: refine_manifest(frame, cap, CaptionCache(path))[1]) for _ in range(2)]
+        rows.append(_cache_row("captions (JSONL, describe+refine)", name, len(frame), *runs, "cache_hits", "cache_misses"))
+    return rows
+
+
 # ---------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> None:

@@ -126,7 +126,9 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
             pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=dict(profile=profile),
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as e:
-            print(f"FAILED {nb.name} at cell {e.exec_count} ({e.ename}: {e.evalue}); "
+            first = (e.source or "").strip().splitlines()[:1]
+            print(f"FAILED {nb.name} at cell {e.cell_index} (execution count {e.exec_count}: "
+                  f"{first[0][:80] if first else ''!r}) with {e.ename}: {e.evalue}; "
                   f"partial output kept in {out_dir / nb.name}", flush=True)
             raise SystemExit(1)
         done.append(dict(notebook=nb.name, seconds=round(time.time() - t0, 1)))

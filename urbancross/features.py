@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,8 @@ from .data import caption_table, load_image, sha256_file
 from .model import RetrievalModel
 
 # %% auto 0
-__all__ = ['log', 'image_trunk_features', 'text_tower_features', 'FeatureBank', 'bank_key', 'compute_feature_bank',
-           'feature_bank']
+__all__ = ['log', 'image_trunk_features', 'text_tower_features', 'FeatureBank', 'image_key', 'text_key', 'compute_image_features',
+           'compute_text_features', 'cached_features', 'feature_bank']
 
 # %% ../nbs/07a_features.ipynb 4
 log = get_logger("urbancross.features")
@@ -103,44 +103,66 @@ class FeatureBank:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 # %% ../nbs/07a_features.ipynb 13
-def bank_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None) -> str:
-    """Hash of the model settings, image contents, captions and segment crops that make a bank."""
-    h = hashlib.sha256(json.dumps([cfg.model_name, cfg.pretrained, cfg.image_size, cfg.context_length, cfg.views]).encode())
+def _hasher(*settings) -> "hashlib._Hash":
+    return hashlib.sha256(json.dumps(list(settings)).encode())
+
+def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None) -> str:
+    """Hash of the image-tower settings, image ids and contents, and segment crops of a manifest."""
+    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views)
     for row in df.itertuples():
-        h.update(f"{row.image_id}|{sha256_file(row.image_path)}|{json.dumps(list(row.captions))}".encode())
+        h.update(f"{row.image_id}|{sha256_file(row.image_path)}".encode())
         if segments is not None:
             crops, valid = segments[row.image_id]
             h.update(np.ascontiguousarray(crops).tobytes()); h.update(np.asarray(valid, bool).tobytes())
     return h.hexdigest()[:20]
 
-def compute_feature_bank(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
-                         segments: Mapping | None = None) -> FeatureBank:
-    """Embed every image (cfg.views rotations), segment crop and caption of `df` with the frozen towers."""
-    images = [load_image(p) for p in df.image_path]
-    texts, owner = caption_table(df)
-    bank = FeatureBank(list(df.image_id), list(df.domain), list(df.split),
-                       image_trunk_features(model, images, cfg.views), texts, text_tower_features(model, texts), owner)
+def text_key(cfg: Config, df: pd.DataFrame) -> str:
+    """Hash of the text-tower settings and the image ids and captions of a manifest."""
+    h = _hasher("texts", cfg.model_name, cfg.pretrained, cfg.context_length)
+    for row in df.itertuples():
+        h.update(f"{row.image_id}|{json.dumps(list(row.captions))}".encode())
+    return h.hexdigest()[:20]
+
+# %% ../nbs/07a_features.ipynb 14
+def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
+                           segments: Mapping | None = None) -> dict:
+    """Frozen image-tower features of every image (cfg.views rotations) and segment crop of `df`."""
+    out = dict(images=image_trunk_features(model, [load_image(p) for p in df.image_path], cfg.views),
+               segments=None, segment_valid=None)
     if segments is not None:
         crops = [segments[i] for i in df.image_id]
         k = len(crops[0][1])
         flat = [Image.fromarray(np.asarray(c)) for cr, _ in crops for c in cr]
-        bank.segments = image_trunk_features(model, flat, 1)[:, 0].reshape(len(df), k, -1)
-        bank.segment_valid = torch.tensor(np.stack([np.asarray(v, bool) for _, v in crops]))
-    return bank
+        out["segments"] = image_trunk_features(model, flat, 1)[:, 0].reshape(len(df), k, -1)
+        out["segment_valid"] = torch.tensor(np.stack([np.asarray(v, bool) for _, v in crops]))
+    return out
 
-def feature_bank(cfg: Config, model: RetrievalModel, df: pd.DataFrame, cache_dir: str | Path,
-                 segments: Mapping | None = None) -> FeatureBank:
-    """The cached bank of `df` under `cache_dir`, computed (and written atomically) on a miss."""
-    path = Path(cache_dir) / f"bank_{bank_key(cfg, df, segments)}.pt"
+def compute_text_features(model: RetrievalModel, df: pd.DataFrame) -> dict:
+    """Frozen text-tower features of every caption of `df`, with the index of each caption's image."""
+    texts, owner = caption_table(df)
+    return dict(texts=texts, text_features=text_tower_features(model, texts), text_owner=owner)
+
+def cached_features(path: Path, compute: Callable[[], dict], what: str) -> dict:
+    """The dict of tensors stored at `path`, or `compute()` written there atomically on a miss."""
     if path.exists():
         try:
-            bank = FeatureBank(**safe_torch_load(path))
-            log.info(f"feature bank: cache hit {path.name} ({len(bank)} images)")
-            return bank
+            out = safe_torch_load(path)
+            log.info(f"feature bank: cache hit for {what} ({path.name})")
+            return out
         except Exception as e:  # damaged or foreign file: say so, never use it
             log.warning(f"feature bank: {path} is unreadable ({type(e).__name__}: {e}); recomputing")
     t0 = time.time()
-    bank = compute_feature_bank(cfg, model, df, segments)
-    atomic_torch_save(bank.to_dict(), path)
-    log.info(f"feature bank: computed {len(bank)} images, {len(bank.texts)} captions in {time.time() - t0:.1f} s -> {path.name}")
-    return bank
+    out = compute()
+    atomic_torch_save(out, path)
+    log.info(f"feature bank: computed {what} in {time.time() - t0:.1f} s -> {path.name}")
+    return out
+
+def feature_bank(cfg: Config, model: RetrievalModel, df: pd.DataFrame, cache_dir: str | Path,
+                 segments: Mapping | None = None) -> FeatureBank:
+    """The bank of `df`: image and text parts each read from `cache_dir`, or computed and cached."""
+    cache_dir = Path(cache_dir)
+    img = cached_features(cache_dir / f"images_{image_key(cfg, df, segments)}.pt",
+                          lambda: compute_image_features(cfg, model, df, segments), f"{len(df)} images")
+    txt = cached_features(cache_dir / f"texts_{text_key(cfg, df)}.pt",
+                          lambda: compute_text_features(model, df), f"the captions of {len(df)} images")
+    return FeatureBank(list(df.image_id), list(df.domain), list(df.split), **img, **txt)
