@@ -54,3 +54,16 @@ def test_library_notebooks_have_no_outputs(nb):
     d = nbformat.read(nb, as_version=4)
     with_out = [i for i, c in enumerate(d.cells) if c.cell_type == "code" and c.get("outputs")]
     assert not with_out, f"{nb.name}: cells {with_out} have saved outputs"
+
+
+@pytest.mark.parametrize("nb", EXPERIMENTS, ids=lambda p: p.name)
+def test_nbdev_test_skips_experiments(nb):
+    """nbdev must parse `skip_exec: true` from the first markdown cell, so `make test` never runs an experiment.
+
+    A bullet list elsewhere in that cell makes nbdev read it as YAML and silently drop `skip_exec`.
+    """
+    from fastcore.basics import str2bool
+    from nbdev.frontmatter import FrontmatterProc
+    from nbdev.process import NBProcessor
+    fm = getattr(NBProcessor(nb, procs=FrontmatterProc, process=True).nb, "frontmatter_", {})
+    assert str2bool(fm.get("skip_exec", False)), f"{nb.name}: nbdev does not see skip_exec (front matter {fm})"

@@ -87,7 +87,7 @@ def urbancross_loss(cfg: Config, heads: AlignmentHeads, img: torch.Tensor, txt: 
             parts["is"] = contrastive_loss(img[has], s, heads.logit_scale)
     w = {"it": cfg.w_image_text, "st": cfg.w_segment_text, "is": cfg.w_image_segment}
     total = sum(w[k] * v for k, v in parts.items())
-    return total, {k: float(v) for k, v in parts.items()}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
 
 # %% ../nbs/08b_adapt.ipynb 12
 @torch.no_grad()

@@ -46,6 +46,12 @@ def project_root() -> Path:
     return Path.cwd()
 
 # %% ../nbs/00_core.ipynb 11
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
     """Open a temporary file next to `path`; it replaces `path` only if the block ends without error."""
@@ -53,6 +59,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the file open() permissions
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
@@ -118,7 +125,7 @@ class Config:
     # training
     loss: str = "infonce"                  # 'infonce' | 'triplet'
     margin: float = 0.2
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 32
     lr: float = 3e-4
     lr_backbone: float = 3e-5
