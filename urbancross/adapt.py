@@ -20,11 +20,11 @@ from .curriculum import CurriculumSampler, curriculum_schedule, target_similarit
 from .features import FeatureBank, _split_image_tower
 from .metrics import retrieval_metrics
 from .model import RetrievalModel
-from .train import contrastive_loss, same_text_mask, warmup_cosine
+from .train import contrastive_loss, same_text_mask, triplet_loss, warmup_cosine
 
 # %% auto 0
-__all__ = ['log', 'PROTOCOLS', 'masked_mean', 'AlignmentHeads', 'heads_from_model', 'urbancross_loss', 'bank_embeddings',
-           'evaluate_heads', 'fit_heads', 'protocol_config', 'run_protocol']
+__all__ = ['log', 'PROTOCOLS', 'masked_mean', 'AlignmentHeads', 'heads_from_model', 'pair_loss', 'urbancross_loss',
+           'bank_embeddings', 'evaluate_heads', 'fit_heads', 'protocol_config', 'run_protocol']
 
 # %% ../nbs/08b_adapt.ipynb 4
 log = get_logger("urbancross.adapt")
@@ -74,22 +74,31 @@ def heads_from_model(model: RetrievalModel, segment_tower: str = "separate", see
     return heads
 
 # %% ../nbs/08b_adapt.ipynb 10
+def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
+              same: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss named by `cfg.loss` between two aligned batches of normalised embeddings."""
+    if cfg.loss == "infonce":
+        return contrastive_loss(a, b, logit_scale, same)
+    if cfg.loss == "triplet":
+        return triplet_loss(a, b, cfg.margin, same)
+    raise ValueError(f"loss={cfg.loss!r}; choose 'infonce' or 'triplet'")
+
 def urbancross_loss(cfg: Config, heads: AlignmentHeads, img: torch.Tensor, txt: torch.Tensor, texts: Sequence[str],
                     seg: torch.Tensor | None = None, seg_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Weighted image–text (+ segment–text, image–segment when `cfg.use_sam`) loss and its parts."""
     mask = same_text_mask(texts)
-    parts = {"it": contrastive_loss(img, txt, heads.logit_scale, mask)}
+    parts = {"it": pair_loss(cfg, img, txt, heads.logit_scale, mask)}
     if cfg.use_sam and seg is not None:
         has = seg_valid.any(1)
         if int(has.sum()) >= 2:
             s = heads.segments(seg[has], seg_valid[has])
-            parts["st"] = contrastive_loss(s, txt[has], heads.logit_scale, mask[has][:, has])
-            parts["is"] = contrastive_loss(img[has], s, heads.logit_scale)
+            parts["st"] = pair_loss(cfg, s, txt[has], heads.logit_scale, mask[has][:, has])
+            parts["is"] = pair_loss(cfg, img[has], s, heads.logit_scale)
     w = {"it": cfg.w_image_text, "st": cfg.w_segment_text, "is": cfg.w_image_segment}
     total = sum(w[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
-# %% ../nbs/08b_adapt.ipynb 12
+# %% ../nbs/08b_adapt.ipynb 14
 @torch.no_grad()
 def bank_embeddings(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, idx: Sequence[int]) -> tuple:
     """(image embeddings, text embeddings, caption→image index) of the images `idx` of `bank`."""
@@ -106,7 +115,7 @@ def evaluate_heads(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, idx: S
     img, txt, owner = bank_embeddings(cfg, heads, bank, idx)
     return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size)
 
-# %% ../nbs/08b_adapt.ipynb 14
+# %% ../nbs/08b_adapt.ipynb 16
 def _scores(cfg: Config, bank: FeatureBank, train_idx: np.ndarray, target_idx: np.ndarray) -> torch.Tensor:
     """Target-likeness of every training image from frozen features (image, text or both)."""
     def img(i):
@@ -198,7 +207,7 @@ def fit_heads(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, train_idx: 
         history.append(row)
     return pd.DataFrame(history)
 
-# %% ../nbs/08b_adapt.ipynb 16
+# %% ../nbs/08b_adapt.ipynb 18
 def protocol_config(cfg: Config, protocol: str) -> Config:
     """`cfg` with the curriculum / adversarial switches of `protocol`."""
     flags = {"source-only": (False, False), "curriculum": (True, False), "adversarial": (False, True),
