@@ -20,11 +20,11 @@ from .curriculum import CurriculumSampler, curriculum_schedule, target_similarit
 from .features import FeatureBank, _split_image_tower
 from .metrics import retrieval_metrics
 from .model import RetrievalModel
-from .train import contrastive_loss, same_text_mask, triplet_loss, warmup_cosine
+from .train import pair_loss, same_text_mask, warmup_cosine
 
 # %% auto 0
-__all__ = ['log', 'PROTOCOLS', 'masked_mean', 'AlignmentHeads', 'heads_from_model', 'pair_loss', 'urbancross_loss',
-           'bank_embeddings', 'evaluate_heads', 'fit_heads', 'protocol_config', 'run_protocol']
+__all__ = ['log', 'PROTOCOLS', 'masked_mean', 'AlignmentHeads', 'heads_from_model', 'urbancross_loss', 'bank_embeddings',
+           'evaluate_heads', 'fit_heads', 'protocol_config', 'run_protocol']
 
 # %% ../nbs/08b_adapt.ipynb 4
 log = get_logger("urbancross.adapt")
@@ -74,15 +74,6 @@ def heads_from_model(model: RetrievalModel, segment_tower: str = "separate", see
     return heads
 
 # %% ../nbs/08b_adapt.ipynb 10
-def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-              same: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss named by `cfg.loss` between two aligned batches of normalised embeddings."""
-    if cfg.loss == "infonce":
-        return contrastive_loss(a, b, logit_scale, same)
-    if cfg.loss == "triplet":
-        return triplet_loss(a, b, cfg.margin, same)
-    raise ValueError(f"loss={cfg.loss!r}; choose 'infonce' or 'triplet'")
-
 def urbancross_loss(cfg: Config, heads: AlignmentHeads, img: torch.Tensor, txt: torch.Tensor, texts: Sequence[str],
                     seg: torch.Tensor | None = None, seg_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Weighted image–text (+ segment–text, image–segment when `cfg.use_sam`) loss and its parts."""

@@ -24,8 +24,8 @@ from .metrics import retrieval_metrics
 from .model import RetrievalModel, embed_images, embed_texts, param_groups, set_trainable
 
 # %% auto 0
-__all__ = ['log', 'RESUME_KEYS', 'same_text_mask', 'contrastive_loss', 'triplet_loss', 'alignment_loss', 'warmup_cosine',
-           'evaluate', 'ReplayDataset', 'epoch_batches', 'epoch_loader', 'rng_state', 'set_rng_state',
+__all__ = ['log', 'RESUME_KEYS', 'same_text_mask', 'contrastive_loss', 'triplet_loss', 'pair_loss', 'alignment_loss',
+           'warmup_cosine', 'evaluate', 'ReplayDataset', 'epoch_batches', 'epoch_loader', 'rng_state', 'set_rng_state',
            'init_distributed', 'shard_sizes', 'scale_grad', 'gather_embeddings', 'save_checkpoint',
            'restore_checkpoint', 'load_checkpoint', 'check_resumable', 'train_step', 'train']
 
@@ -61,17 +61,21 @@ def triplet_loss(img: torch.Tensor, txt: torch.Tensor, margin: float = 0.2,
     return (cost_txt * neg_mask).sum() + (cost_img * neg_mask).sum()
 
 # %% ../nbs/07_train.ipynb 9
-def alignment_loss(cfg: Config, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                   texts: Sequence[str]) -> torch.Tensor:
-    """The loss named by `cfg.loss` on one batch."""
-    mask = same_text_mask(texts)
+def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
+              same_text: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss named by `cfg.loss` between two aligned batches of normalised embeddings."""
     if cfg.loss == "infonce":
-        return contrastive_loss(img, txt, logit_scale, mask)
+        return contrastive_loss(a, b, logit_scale, same_text)
     if cfg.loss == "triplet":
-        return triplet_loss(img, txt, cfg.margin, mask)
+        return triplet_loss(a, b, cfg.margin, same_text)
     raise ValueError(f"loss={cfg.loss!r}; choose 'infonce' or 'triplet'")
 
-# %% ../nbs/07_train.ipynb 11
+def alignment_loss(cfg: Config, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                   texts: Sequence[str]) -> torch.Tensor:
+    """The loss named by `cfg.loss` on one batch of images and their captions `texts`."""
+    return pair_loss(cfg, img, txt, logit_scale, same_text_mask(texts))
+
+# %% ../nbs/07_train.ipynb 13
 def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
     """Learning-rate multiplier at `step` of `total`."""
     warm = max(1, int(round(warmup_frac * total)))
@@ -79,7 +83,7 @@ def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
         return (step + 1) / warm
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-# %% ../nbs/07_train.ipynb 14
+# %% ../nbs/07_train.ipynb 16
 def evaluate(model: RetrievalModel, df: pd.DataFrame, block_size: int = 1024,
              images: Sequence | None = None) -> dict:
     """Retrieval metrics of `model` on all images and captions of `df`."""
@@ -88,7 +92,7 @@ def evaluate(model: RetrievalModel, df: pd.DataFrame, block_size: int = 1024,
     texts, owner = caption_table(df)
     return retrieval_metrics(embed_images(model, images), embed_texts(model, texts), owner, block_size=block_size)
 
-# %% ../nbs/07_train.ipynb 16
+# %% ../nbs/07_train.ipynb 18
 class ReplayDataset(torch.utils.data.Dataset):
     """Training items keyed by `(epoch, row)`: caption and augmentation are functions of (seed, epoch, row)."""
     def __init__(self, base: ManifestDataset, seed: int):
@@ -117,7 +121,7 @@ class ReplayDataset(torch.utils.data.Dataset):
             x = self.base.transform(self.base.image(i))
         return x, caption, i
 
-# %% ../nbs/07_train.ipynb 20
+# %% ../nbs/07_train.ipynb 22
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 2) -> list[list[int]]:
     """One epoch's shuffled batches of row indices; a last batch smaller than `min_size` is dropped."""
     perm = torch.randperm(n, generator=generator).tolist()
@@ -131,7 +135,7 @@ def epoch_loader(data: ReplayDataset, batches: Sequence[Sequence[int]], epoch: i
     return torch.utils.data.DataLoader(data, batch_sampler=keys, num_workers=num_workers,
                                        generator=torch.Generator().manual_seed(data.seed))
 
-# %% ../nbs/07_train.ipynb 23
+# %% ../nbs/07_train.ipynb 25
 def rng_state(device: torch.device | None = None) -> dict:
     """Python, NumPy, torch CPU (and CUDA `device`) RNG states as weights-only-loadable values."""
     version, mt, gauss = random.getstate()
@@ -153,7 +157,7 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     if "cuda" in state and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
-# %% ../nbs/07_train.ipynb 27
+# %% ../nbs/07_train.ipynb 29
 def init_distributed(backend: str | None = None) -> tuple[int, int]:
     """Join the process group `torchrun` describes (env `WORLD_SIZE` > 1); returns (rank, world size)."""
     if dist.is_available() and dist.is_initialized():
@@ -171,7 +175,7 @@ def shard_sizes(n: int, world: int) -> list[int]:
     """Rows of an `n`-row batch that each of `world` processes takes (contiguous, differing by at most 1)."""
     return [n // world + (r < n % world) for r in range(world)]
 
-# %% ../nbs/07_train.ipynb 28
+# %% ../nbs/07_train.ipynb 30
 class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -201,7 +205,7 @@ def gather_embeddings(img: torch.Tensor, txt: torch.Tensor, sizes: Sequence[int]
     both = torch.cat(parts)
     return both[:, :img.shape[1]], both[:, img.shape[1]:]
 
-# %% ../nbs/07_train.ipynb 32
+# %% ../nbs/07_train.ipynb 34
 def _plain_config(cfg: Config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}
 
@@ -230,7 +234,7 @@ def load_checkpoint(path: str | Path, model: RetrievalModel, opt: torch.optim.Op
     """Load a checkpoint written by `save_checkpoint` into `model` (and `opt`, ...; weights only); returns it."""
     return restore_checkpoint(safe_torch_load(path), model, opt, scheduler, scaler)
 
-# %% ../nbs/07_train.ipynb 34
+# %% ../nbs/07_train.ipynb 36
 RESUME_KEYS = ("seed", "batch_size", "epochs", "lr", "lr_backbone", "weight_decay", "warmup_frac", "loss",
                "margin", "trainable", "model_name", "image_size", "context_length")
 
@@ -247,7 +251,7 @@ def check_resumable(ck: dict, cfg: Config, n_items: int, path: str | Path) -> No
         raise ValueError(f"checkpoint {path} comes from a different run ({'; '.join(diff)}); "
                          "resuming would not replay it: use another checkpoint path or resume=False")
 
-# %% ../nbs/07_train.ipynb 36
+# %% ../nbs/07_train.ipynb 38
 def train_step(cfg: Config, net: torch.nn.Module, model: RetrievalModel, opt: torch.optim.Optimizer, sched,
                scaler: torch.amp.GradScaler, x: torch.Tensor, texts: Sequence[str], sizes: Sequence[int]) -> float:
     """One optimizer step on a global batch whose `texts` are all captions and `x` this process's shard."""
@@ -268,7 +272,7 @@ def train_step(cfg: Config, net: torch.nn.Module, model: RetrievalModel, opt: to
         model.logit_scale.clamp_(0, math.log(100))
     return loss.item()
 
-# %% ../nbs/07_train.ipynb 37
+# %% ../nbs/07_train.ipynb 39
 def _process_device(model: RetrievalModel, world: int) -> torch.device:
     """The model's device; under DDP on CUDA, this process's GPU (LOCAL_RANK), moving the model there."""
     device = model.logit_scale.device
@@ -310,7 +314,7 @@ def _resume_state(path: Path, cfg: Config, n_items: int, model: RetrievalModel, 
     order.set_state(ck["sampler_state"])
     return {k: ck[k] for k in ("epoch", "step", "global_step", "history", "epoch_losses", "elapsed", "rng")}
 
-# %% ../nbs/07_train.ipynb 38
+# %% ../nbs/07_train.ipynb 40
 def train(cfg: Config, model: RetrievalModel, train_df: pd.DataFrame, val_df: pd.DataFrame | None = None,
           checkpoint: str | Path | None = None, resume: bool = False, checkpoint_every: int | None = None,
           amp: bool | None = None, on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
