@@ -99,7 +99,7 @@ def _synthetic_batch(n: int, size: int, seed: int = 0):
 def _ours_step(cfg, model, total_steps: int):
     """The per-batch body of `urbancross.train.train` (same pieces, same order)."""
     import torch
-    from urbancross.model import param_groups, set_trainable
+    from urbancross.towers import param_groups, set_trainable
     from urbancross.train import alignment_loss, warmup_cosine
     set_trainable(model, cfg.trainable)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay))
@@ -172,7 +172,7 @@ def bench_train_step(quick: bool) -> list[dict]:
     import torch
     from urbancross.core import get_config, seed_everything
     from urbancross.features import image_trunk_features, text_tower_features
-    from urbancross.model import build_model
+    from urbancross.towers import build_model
     logging.getLogger("urbancross").setLevel(logging.WARNING)
     default_threads = torch.get_num_threads()
     cfg = get_config("smoke", device="cpu", batch_size=32, image_size=96)

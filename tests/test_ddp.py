@@ -41,7 +41,7 @@ def tokenize(texts):
 
 
 def tiny_model():
-    from urbancross.model import RandomRot90, RetrievalModel
+    from urbancross.towers import RandomRot90, RetrievalModel
     torch.manual_seed(0)
     train_tf = T.Compose([RandomRot90(), T.RandomHorizontalFlip(), T.ToTensor()])
     return RetrievalModel(TinyClip(), tokenize, train_tf, T.ToTensor(), "tiny", "")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from urbancross.core import atomic_torch_save, atomic_write, get_config
 from urbancross.data import read_manifest
-from urbancross.model import build_model
+from urbancross.towers import build_model
 from urbancross.train import evaluate, train
 
 manifest, ck, out, mode = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
@@ -125,7 +125,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path):
     from urbancross.core import get_config
     from urbancross.data import make_manifest
-    from urbancross.model import build_model
+    from urbancross.towers import build_model
     from urbancross.train import load_checkpoint, save_checkpoint, train
     cfg = get_config("smoke", device="cpu", epochs=1, batch_size=3, trainable="heads", image_size=32,
                      pretrained="", threads=1)
