@@ -20,7 +20,7 @@ import torch
 
 # %% auto 0
 __all__ = ['PROFILES', 'get_logger', 'project_root', 'atomic_write', 'atomic_torch_save', 'safe_torch_load', 'seed_everything',
-           'get_device', 'Config', 'get_config', 'paths', 'git_sha', 'save_fig']
+           'get_device', 'Config', 'get_config', 'Registry', 'paths', 'git_sha', 'save_fig']
 
 # %% ../nbs/00_core.ipynb 5
 def get_logger(name: str = "urbancross") -> logging.Logger:
@@ -111,38 +111,49 @@ class Config:
     seed: int = 0
     device: str = "auto"
     # data
-    data_source: str = "embedded"          # 'embedded' | 'urbancross' | 'rsicd' | 'rsitmd'
+    data_source: str = "embedded"          # a name in DATASETS: 'embedded' | 'urbancross' | 'rsicd' | 'rsitmd'
     data_root: str = ""                    # real data root (paper profile); '' = data/raw
     domains: tuple = ("finland", "germany", "spain")
     images_per_domain: int = 200           # embedded data only
     tile_size: int = 128                   # embedded data only
-    # model
-    model_name: str = "UC-EfficientNetLite0-MiniLM"
-    pretrained: str = "local"              # 'local' (shipped towers), an open_clip tag, a file path, or ''
+    # model (06_towers)
+    model_name: str = "UC-EfficientNetLite0-MiniLM"   # any open_clip name, or one registered in TOWERS
+    pretrained: str = "local"              # 'local' (shipped towers), an open_clip tag, a file path, or '' (random)
     image_size: int = 96
     context_length: int = 32
-    trainable: str = "all"                 # 'all' | 'top' | 'heads'
-    # training
-    loss: str = "infonce"                  # 'infonce' | 'triplet'
+    trainable: str = "all"                 # 'all' | 'top' (heads + last `trainable_blocks` blocks) | 'heads'
+    trainable_blocks: int = 1              # blocks of each tower trained under trainable='top'
+    adapter_blocks: int = 1                # residual MLP blocks below each projection (identity at start; 0 = none)
+    segment_tower: str = "separate"        # 'separate' (upstream: its own copy of the image tower) | 'shared'
+    # alignment training (07_losses, 12_train)
+    loss: str = "infonce"                  # 'infonce' | 'triplet' (upstream hinge, summed over negatives)
     margin: float = 0.2
     epochs: int = 4
     batch_size: int = 32
-    lr: float = 3e-4
-    lr_backbone: float = 3e-5
+    lr: float = 3e-4                       # heads, adapters, temperature
+    lr_backbone: float = 3e-5              # trainable tower blocks
     weight_decay: float = 0.05
     warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    amp: str = "off"                       # 'off' | 'bf16' | 'fp16' (with GradScaler); CUDA only
+    checkpoint_every: int = 0              # also save every N steps (0: at epoch ends only)
+    cache_features: bool = True            # trainable='heads': read cached trunk features instead of images
+    views: int = 4                         # cached rotations per image (k * 90 degrees) on that path
     num_workers: int = 0
     eval_block_size: int = 1024
     threads: int = 2
-    # SAM segments (03_segments, 08b_adapt)
+    progress: str = "auto"                 # tqdm bars: 'auto' (only on a terminal) | 'on' | 'off'
+    # SAM segments (03_segments)
     use_sam: bool = True                   # False gives the "without SAM" ablation
     segmenter: str = "auto"                # 'auto' (SAM if a checkpoint exists, else superpixels) | 'sam' | 'superpixel'
     sam_checkpoint: str = ""               # path of a SAM checkpoint (vit_h / vit_l / vit_b)
-    sam_model_type: str = "vit_b"
+    sam_model_type: str = "vit_h"
+    sam_points_per_side: int = 32          # SamAutomaticMaskGenerator settings (segment-anything's defaults)
+    sam_pred_iou_thresh: float = 0.88
+    sam_stability_score_thresh: float = 0.95
     num_seg_stored: int = 10               # segments cached per image (paper: 10)
     num_seg: int = 5                       # segments used per image
     segment_size: int = 64                 # crop side in pixels
-    segment_tower: str = "separate"        # 'separate' (upstream: its own copy) | 'shared' with the image tower
     w_image_text: float = 1.0              # loss weights
     w_segment_text: float = 0.5
     w_image_segment: float = 0.5
@@ -150,20 +161,24 @@ class Config:
     # LMM captions (04_refine)
     use_lmm: bool = True                   # False: the raw geo-tag text instead of the (refined) captions
     lmm_model: str = ""                    # InstructBLIP model id or local folder; '' = captions shipped with the data
-    # adaptation stage: alignment heads on frozen tower features (07a_features, 08b_adapt)
-    head_epochs: int = 40
-    head_lr: float = 2e-3
-    views: int = 4                         # cached rotations per image (k * 90 degrees)
-    curriculum: bool = False
-    curriculum_start: float = 0.2          # upstream: 20% most target-like first ...
-    curriculum_step: float = 0.2           # ... and +20% each epoch
-    curriculum_score: str = "image"        # 'image' | 'text' | 'both' (text needs target captions)
+    # cross-domain fine-tuning (08_curriculum, 09_adversarial, 13_protocols); upstream finetune scripts
+    da_epochs: int = 5                     # passes over the target fine-tuning slice
+    da_lr: float = 1e-7                    # one learning rate for everything trainable (upstream: Adam 1e-7)
+    source_batch: int = 80
+    target_batch: int = 16
+    target_split: tuple = (0.2, 0.1, 0.7)  # target domain: fine-tune / fine-tune-val / test
+    target_captions: bool = True           # the fine-tune slice has captions (paper) or is unlabeled
+    target_text_loss: bool = False         # also use the slice's captions in the retrieval loss (named variant)
+    select_source: bool = False            # keep only the most target-like share of each source batch
+    curriculum: bool = False               # that share grows: min(start + step * epoch, 1); else fixed at start
+    curriculum_start: float = 0.2
+    curriculum_step: float = 0.2
     adversarial: bool = False
-    adv_weight: float = 0.5
+    adv_weight: float = 1.0
     adv_gamma: float = 10.0
-    adv_weighting: str = "entropy"         # 'entropy' (discriminator confidence) | 'curriculum' | 'none'
+    adv_weighting: str = "similarity"      # 'similarity' (upstream: target-likeness) | 'entropy' | 'none'
     disc_hidden: int = 256
-    target_caption_frac: float = 0.0       # 0 = unsupervised target; >0 = upstream semi-supervised setting
+    w_target_negative: float = 1.0         # upstream triplet: source image, its caption, hardest target image
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with `changes` applied (unknown keys are an error)."""
@@ -176,11 +191,14 @@ class Config:
 # %% ../nbs/00_core.ipynb 22
 PROFILES: dict[str, dict] = {
     "smoke": dict(),
-    "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="openai",
-                  image_size=224, context_length=77, epochs=30, batch_size=100, lr=1e-5, lr_backbone=1e-5,
-                  weight_decay=0.2, num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
+    # authors' scripts: ViT-L-14 laion2B-s32B-b82K at paper time (ViT-B-16 at release), train lr 1e-5,
+    # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
+    "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",
+                  image_size=224, context_length=77, epochs=20, batch_size=40, lr=1e-5, lr_backbone=1e-5,
+                  weight_decay=0.2, amp="bf16", num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
                   sam_checkpoint="data/checkpoints/sam_vit_h_4b8939.pth", segment_size=224,
-                  lmm_model="Salesforce/instructblip-vicuna-7b", head_epochs=30, head_lr=1e-4),
+                  lmm_model="Salesforce/instructblip-vicuna-7b", da_epochs=5, da_lr=1e-7,
+                  source_batch=80, target_batch=16),
 }
 
 def get_config(profile: str = "smoke", **overrides: Any) -> Config:
@@ -190,6 +208,28 @@ def get_config(profile: str = "smoke", **overrides: Any) -> Config:
     return Config(profile=profile, **{**PROFILES[profile], **overrides})
 
 # %% ../nbs/00_core.ipynb 25
+class Registry(dict):
+    """Named entries of one kind; `@REG.register("name")` or `REG.register("name", obj)` adds one."""
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str, obj: Any = None) -> Any:
+        """Add `obj` under `name` (as a decorator when `obj` is omitted); a taken name is an error."""
+        def add(o: Any) -> Any:
+            if name in self:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self[name] = o
+            return o
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> Any:
+        """The entry `name`, or a ValueError listing the registered names."""
+        if name not in self:
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of {sorted(self)}")
+        return self[name]
+
+# %% ../nbs/00_core.ipynb 28
 def paths(root: str | Path | None = None) -> dict[str, Path]:
     """The compendium's folders: data, results, figures, outputs, checkpoints, cache."""
     root = Path(root) if root else project_root()
@@ -207,7 +247,7 @@ def git_sha(root: str | Path | None = None) -> str:
     except Exception:
         return "unknown"
 
-# %% ../nbs/00_core.ipynb 26
+# %% ../nbs/00_core.ipynb 29
 def save_fig(fig, name: str, params: dict | None = None, figures_dir: str | Path | None = None) -> Path:
     """Save `fig` as `figures/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
     out = Path(figures_dir) if figures_dir else paths()["figures"]
