@@ -13,21 +13,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import pandas as pd
 import torch
 
-from .core import Config, atomic_write, get_device, get_logger, paths
+from .core import Config, Registry, atomic_write, get_device, get_logger, paths
 from .data import load_image, sha256_file
 
 # %% auto 0
-__all__ = ['log', 'PROMPTS', 'NUMBER_WORDS', 'TAGGED_NOUNS', 'STAGES', 'DTYPES', 'DEFAULT_GENERATION', 'CAPTIONERS',
+__all__ = ['log', 'PROMPTS', 'NUMBER_WORDS', 'TAGGED_NOUNS', 'STAGES', 'CAPTIONERS', 'DTYPES', 'DEFAULT_GENERATION',
            'RELEASE_COLUMNS', 'format_tags', 'render_prompt', 'parse_tags', 'strip_prompt_echo', 'collapse_whitespace',
            'split_sentences', 'remove_repeated_ngrams', 'remove_repeated_sentences', 'count_problems', 'truncate_words',
            'CleanedCaption', 'clean_caption', 'CaptionItem', 'items_from_manifest', 'Captioner', 'EmbeddedCaptioner',
            'resolve_dtype', 'load_instructblip', 'InstructBlipCaptioner', 'tiny_tokenizer', 'tiny_instructblip',
-           'register_captioner', 'make_captioner', 'cache_key', 'CaptionCache', 'refine_manifest', 'refine_csv_name',
+           'make_captioner', 'captioner_from_config', 'cache_key', 'CaptionCache', 'refine_manifest', 'refine_csv_name',
            'write_refine_csv', 'read_refine_csv', 'default_cache_path', 'caption_variant']
 
 # %% ../nbs/04_refine.ipynb 5
@@ -246,7 +246,15 @@ class Captioner:
     def run(self, stage: str, items: Sequence[CaptionItem], requests: Sequence[str]) -> list[list[str]]:
         raise NotImplementedError
 
+    @classmethod
+    def create(cls, model: str | Path | None = None, **kwargs) -> "Captioner":
+        """Build the backend from `make_captioner`'s arguments; by default its constructor with them."""
+        return cls(model, **kwargs) if model else cls(**kwargs)
+
+CAPTIONERS = Registry("captioner")
+
 # %% ../nbs/04_refine.ipynb 26
+@CAPTIONERS.register("embedded")
 class EmbeddedCaptioner(Captioner):
     """No LMM: raw text = the geo-tag string, refined captions = the captions shipped with the data."""
     backend = "embedded"
@@ -255,6 +263,11 @@ class EmbeddedCaptioner(Captioner):
         super().__init__("embedded-captions", {"describe": "geo_tags", "refine": "shipped_captions"})
         log.info("captioner backend=embedded: no LMM weights, so raw text = the geo-tag string and refined "
                  "captions = the captions shipped with the data")
+
+    @classmethod
+    def create(cls, model: str | Path | None = None, **kwargs) -> "EmbeddedCaptioner":
+        """`cls()`: no model and no settings, the captions are the data's own (`model`, `kwargs` unused)."""
+        return cls()
 
     def request(self, stage: str, item: CaptionItem, raw: str | None = None) -> str:
         return format_tags(item.tags) if stage == "describe" else json.dumps(list(item.captions), ensure_ascii=False)
@@ -304,6 +317,7 @@ def load_instructblip(model: str | Path, device: str = "auto", dtype: str = "aut
     return net.to(dev).eval(), processor
 
 # %% ../nbs/04_refine.ipynb 29
+@CAPTIONERS.register("instructblip")
 class InstructBlipCaptioner(Captioner):
     """Captions from an InstructBLIP model (transformers): batched, cached by the caller."""
     backend = "instructblip"
@@ -321,6 +335,13 @@ class InstructBlipCaptioner(Captioner):
         """Load the model and processor (see `load_instructblip`)."""
         net, processor = load_instructblip(model, device, dtype, local_files_only)
         return cls(net, processor, str(model), batch_size, **generation)
+
+    @classmethod
+    def create(cls, model: str | Path | None = None, **kwargs) -> "InstructBlipCaptioner":
+        """`from_pretrained(model, **kwargs)`; a model id or folder is required."""
+        if not model:
+            raise ValueError("the 'instructblip' captioner needs a model id or folder (Config.lmm_model)")
+        return cls.from_pretrained(model, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -411,33 +432,26 @@ def tiny_instructblip(folder: str | Path, lm: str = "opt", seed: int = 0, image_
     return folder
 
 # %% ../nbs/04_refine.ipynb 33
-CAPTIONERS: dict[str, Callable[..., Captioner]] = {}
-
-def register_captioner(name: str, factory: Callable[..., Captioner]) -> None:
-    """Make `factory(model=None, **kwargs)` available as `make_captioner(kind=name)`."""
-    CAPTIONERS[name] = factory
-
-register_captioner("embedded", lambda model=None, **kwargs: EmbeddedCaptioner())
-register_captioner("instructblip", lambda model=None, **kwargs: InstructBlipCaptioner.from_pretrained(model, **kwargs))
-
 def make_captioner(kind: str = "auto", model: str | Path | None = None, **kwargs) -> Captioner:
-    """A captioner backend: `kind` from `CAPTIONERS`, or 'auto' (InstructBLIP if `model` loads, else embedded)."""
-    if kind == "auto":
-        if not model:
-            log.info("make_captioner: no LMM model given; using the embedded backend")
-            return CAPTIONERS["embedded"]()
-        try:
-            return CAPTIONERS["instructblip"](model, **kwargs)
-        except (OSError, ValueError, ImportError, KeyError, TypeError) as e:
-            log.warning(f"make_captioner: {e}; falling back to the embedded backend (captions shipped with the data)")
-            return CAPTIONERS["embedded"]()
-    if kind not in CAPTIONERS:
+    """The backend `kind` of `CAPTIONERS`, or 'auto': InstructBLIP if `model` loads, else embedded."""
+    if kind != "auto" and kind not in CAPTIONERS:
         raise ValueError(f"unknown captioner {kind!r}; choose 'auto' or one of {sorted(CAPTIONERS)}")
-    if kind != "embedded" and not model:
-        raise ValueError(f"captioner {kind!r} needs a model id or folder")
-    return CAPTIONERS[kind](model, **kwargs)
+    if kind != "auto":
+        return CAPTIONERS[kind].create(model, **kwargs)
+    if not model:
+        log.info("make_captioner: no LMM model given; using the embedded backend")
+        return CAPTIONERS["embedded"].create()
+    try:
+        return CAPTIONERS["instructblip"].create(model, **kwargs)
+    except (OSError, ValueError, ImportError, KeyError, TypeError) as e:
+        log.warning(f"make_captioner: {e}; falling back to the embedded backend (captions shipped with the data)")
+        return CAPTIONERS["embedded"].create()
 
-# %% ../nbs/04_refine.ipynb 36
+def captioner_from_config(cfg: Config, **kwargs) -> Captioner:
+    """The captioner of a run: InstructBLIP from `cfg.lmm_model` on `cfg.device` ('auto' policy), else embedded."""
+    return make_captioner("auto", cfg.lmm_model or None, device=cfg.device, **kwargs)
+
+# %% ../nbs/04_refine.ipynb 38
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -520,7 +534,7 @@ class CaptionCache:
             os.close(fd)
         self._texts[key] = list(texts)
 
-# %% ../nbs/04_refine.ipynb 40
+# %% ../nbs/04_refine.ipynb 42
 def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas: list[str], requests: list[str],
                cache: CaptionCache | None, chunk_size: int) -> tuple[list[list[str]], int]:
     """Texts per item for `stage`, from the cache where possible; returns (texts, number generated)."""
@@ -538,7 +552,7 @@ def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas:
                           prompt_id=prompt_id, stage=stage, params=params)
     return out, len(todo)
 
-# %% ../nbs/04_refine.ipynb 41
+# %% ../nbs/04_refine.ipynb 43
 def _clean_all(captioner: Captioner, texts: list[str], prompt: str, tags: str, **rules) -> list[CleanedCaption]:
     if not captioner.is_lmm:                       # the dataset's own text is passed through as it is
         return [CleanedCaption(t.strip(), []) for t in texts]
@@ -581,7 +595,7 @@ def refine_manifest(df: pd.DataFrame, captioner: Captioner, cache: CaptionCache 
              f"{stats['without_caption']} without a caption, {stats['seconds']} s")
     return out, stats
 
-# %% ../nbs/04_refine.ipynb 50
+# %% ../nbs/04_refine.ipynb 52
 RELEASE_COLUMNS = ["image_name", "description"]
 
 def refine_csv_name(country: str) -> str:
@@ -644,7 +658,7 @@ def read_refine_csv(path: str | Path, images: str | Path | Iterable[str] | None 
         rows.append(r)
     return pd.DataFrame(rows, columns=header)
 
-# %% ../nbs/04_refine.ipynb 57
+# %% ../nbs/04_refine.ipynb 59
 def default_cache_path(model_id: str) -> Path:
     """`data/cache/captions/<model>.jsonl` of the compendium."""
     slug = re.sub(r"[^\w.-]+", "_", str(model_id)).strip("_")[-80:] or "model"
@@ -664,7 +678,7 @@ def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config |
         log.info(f"caption_variant use_lmm=False: the geo-tag string is the only caption of {len(out)} images")
         return out
     if refined is None and cfg is not None and cfg.lmm_model and cfg.data_source == "embedded":
-        captioner = make_captioner("auto", cfg.lmm_model, device=cfg.device)
+        captioner = captioner_from_config(cfg)
         if captioner.is_lmm:
             refined, _ = refine_manifest(df, captioner, CaptionCache(cache_path or default_cache_path(captioner.model_id)))
     if refined is None:

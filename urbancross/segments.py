@@ -14,24 +14,25 @@ import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .core import atomic_write, get_device, get_logger, paths, safe_torch_load
+from .core import Config, Registry, atomic_write, get_device, get_logger, paths, project_root, safe_torch_load
 from .data import ImageLoadError, load_image
 
 # %% auto 0
-__all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'Mask', 'mask_bbox', 'make_mask', 'mask_iou', 'Segmenter', 'register_segmenter',
-           'build_segmenter', 'SuperpixelParams', 'SuperpixelSegmenter', 'SamParams', 'build_tiny_sam',
-           'build_sam_model', 'load_sam_checkpoint', 'checkpoint_fingerprint', 'state_dict_fingerprint', 'SamSegmenter',
-           'make_segmenter', 'SegmentConfig', 'select_masks', 'fill_colour', 'mask_crop', 'Segments',
-           'segments_from_masks', 'segment_image', 'CorruptSegmentCache', 'image_digest', 'config_digest',
-           'save_segments_file', 'load_segments_file', 'SegmentCache', 'segment_manifest', 'read_segments',
-           'stack_segments', 'UpstreamSegmentZip', 'make_upstream_segments_fixture']
+__all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'Mask', 'mask_bbox', 'make_mask', 'mask_iou', 'Segmenter', 'build_segmenter',
+           'SuperpixelParams', 'SuperpixelSegmenter', 'SamParams', 'build_tiny_sam', 'build_sam_model',
+           'load_sam_checkpoint', 'checkpoint_fingerprint', 'state_dict_fingerprint', 'resolve_checkpoint',
+           'SamSegmenter', 'make_segmenter', 'sam_params', 'segmenter_from_config', 'SegmentConfig', 'segment_config',
+           'select_masks', 'fill_colour', 'mask_crop', 'Segments', 'segments_from_masks', 'segment_image',
+           'CorruptSegmentCache', 'image_digest', 'config_digest', 'save_segments_file', 'load_segments_file',
+           'SegmentCache', 'segment_manifest', 'read_segments', 'stack_segments', 'UpstreamSegmentZip',
+           'make_upstream_segments_fixture']
 
 # %% ../nbs/03_segments.ipynb 4
 log = get_logger("urbancross.segments")
@@ -75,21 +76,21 @@ class Segmenter(abc.ABC):
     def signature(self) -> dict:
         """JSON-able description of everything the masks depend on (used in cache keys)."""
 
-SEGMENTERS: dict[str, type] = {}
+    @classmethod
+    def create(cls, checkpoint: str | Path | None = None, sam: SamParams | None = None,
+               superpixel: SuperpixelParams | None = None, **options) -> "Segmenter":
+        """Build the backend from `make_segmenter`'s arguments; by default `cls(**options)`, the rest unused."""
+        return cls(**options)
 
-def register_segmenter(name: str) -> Callable[[type], type]:
-    """Class decorator: add a `Segmenter` subclass to the registry under `name`."""
-    def add(cls: type) -> type:
-        cls.name = name
-        SEGMENTERS[name] = cls
-        return cls
-    return add
+    def summary(self) -> str:
+        """A few words on the backend's settings, for the log line that names it."""
+        return ""
+
+SEGMENTERS = Registry("segmenter")
 
 def build_segmenter(name: str, *args, **kwargs) -> Segmenter:
-    """Construct the registered backend `name`."""
-    if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}; registered: {sorted(SEGMENTERS)}")
-    return SEGMENTERS[name](*args, **kwargs)
+    """Construct the registered backend `name` with its constructor's own arguments."""
+    return SEGMENTERS.get(name)(*args, **kwargs)
 
 def _check_image(image: np.ndarray) -> np.ndarray:
     """Validate an H×W×3 uint8 image array."""
@@ -109,13 +110,24 @@ class SuperpixelParams:
     compactness: float = 10.0      # slic: colour vs space trade-off
     max_masks: int = 50            # largest regions turned into masks
 
-@register_segmenter("superpixel")
+@SEGMENTERS.register("superpixel")
 class SuperpixelSegmenter(Segmenter):
     """Felzenszwalb / SLIC regions of scikit-image as masks."""
+    name = "superpixel"
+
     def __init__(self, params: SuperpixelParams | None = None):
         self.params = params or SuperpixelParams()
         if self.params.method not in ("felzenszwalb", "slic"):
             raise ValueError(f"superpixel method={self.params.method!r}; choose 'felzenszwalb' or 'slic'")
+
+    @classmethod
+    def create(cls, checkpoint: str | Path | None = None, sam: SamParams | None = None,
+               superpixel: SuperpixelParams | None = None, **options) -> "SuperpixelSegmenter":
+        """`cls(superpixel)`: the superpixel settings, no checkpoint."""
+        return cls(superpixel, **options)
+
+    def summary(self) -> str:
+        return self.params.method
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         """Integer region label per pixel."""
@@ -227,10 +239,30 @@ def state_dict_fingerprint(model: torch.nn.Module) -> str:
         h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 22
-@register_segmenter("sam")
+# %% ../nbs/03_segments.ipynb 23
+def _checkpoint_places(path: str | Path, root: str | Path | None = None) -> list[Path]:
+    """Where a checkpoint is looked for: itself if absolute, else under the working directory, then `root`."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [p]
+    return list(dict.fromkeys([Path.cwd() / p, Path(root or project_root()) / p]))
+
+def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path:
+    """The checkpoint file `path`: as given if absolute, else under the working directory, then the project root."""
+    places = _checkpoint_places(path, root)
+    for p in places:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"SAM checkpoint {str(path)!r} does not exist: looked for {' and '.join(map(str, places))}; "
+                            f"download sam_vit_h_4b8939.pth (segment-anything, see data/README.md) or use the "
+                            f"'superpixel' segmenter")
+
+# %% ../nbs/03_segments.ipynb 25
+@SEGMENTERS.register("sam")
 class SamSegmenter(Segmenter):
     """Segment anything's `SamAutomaticMaskGenerator` behind the `Segmenter` interface."""
+    name = "sam"
+
     def __init__(self, model: torch.nn.Module, params: SamParams | None = None, weights_id: str | None = None):
         from segment_anything import SamAutomaticMaskGenerator
         self.params = params or SamParams()
@@ -244,16 +276,31 @@ class SamSegmenter(Segmenter):
         self.model = model.to(self.device).eval()
         self.weights_id = weights_id or state_dict_fingerprint(self.model)
         self.generator = SamAutomaticMaskGenerator(self.model, **self.params.generator_kwargs())
+        self.source = "weights in memory"
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, params: SamParams | None = None) -> "SamSegmenter":
-        """Build `params.model_type` with no weights, then load `checkpoint` weights-only."""
+        """Build `params.model_type` with no weights, then load `checkpoint` (see `resolve_checkpoint`) weights-only."""
         params = params or SamParams()
+        path = resolve_checkpoint(checkpoint)
         model = build_sam_model(params.model_type)
-        n = load_sam_checkpoint(model, checkpoint)
-        seg = cls(model, params, weights_id=checkpoint_fingerprint(checkpoint))
-        log.info(f"SAM {params.model_type}: {n} tensors from {checkpoint} on {seg.device}")
+        n = load_sam_checkpoint(model, path)
+        seg = cls(model, params, weights_id=checkpoint_fingerprint(path))
+        seg.source = str(path)
+        log.info(f"SAM {params.model_type}: {n} tensors from {path} on {seg.device}")
         return seg
+
+    @classmethod
+    def create(cls, checkpoint: str | Path | None = None, sam: SamParams | None = None,
+               superpixel: SuperpixelParams | None = None, **options) -> "SamSegmenter":
+        """`from_checkpoint(checkpoint, sam)`; a checkpoint is required."""
+        if not checkpoint:
+            raise FileNotFoundError("the 'sam' segmenter needs a checkpoint (Config.sam_checkpoint), e.g. "
+                                    "data/checkpoints/sam_vit_h_4b8939.pth from segment-anything; or use 'superpixel'")
+        return cls.from_checkpoint(checkpoint, sam, **options)
+
+    def summary(self) -> str:
+        return f"{self.params.model_type}, {self.source}, on {self.device}"
 
     def segment(self, image: np.ndarray) -> list[Mask]:
         anns = self.generator.generate(_check_image(image))
@@ -263,27 +310,39 @@ class SamSegmenter(Segmenter):
         p = {k: v for k, v in dataclasses.asdict(self.params).items() if k != "device"}
         return {"backend": self.name, "weights": self.weights_id, **p}
 
-# %% ../nbs/03_segments.ipynb 26
+# %% ../nbs/03_segments.ipynb 29
+def _auto_segmenter(checkpoint: str | Path | None) -> tuple[str, str | Path | None, str]:
+    """The 'auto' policy: ('sam', the checkpoint file, why) if it is found, else ('superpixel', checkpoint, why)."""
+    if not checkpoint:
+        return "superpixel", None, "no SAM checkpoint given"
+    places = _checkpoint_places(checkpoint)
+    found = next((p for p in places if p.is_file()), None)
+    if found is not None:
+        return "sam", found, f"SAM checkpoint found at {found}"
+    where = f" (looked for {' and '.join(map(str, places))})" if len(places) > 1 else ""
+    return "superpixel", checkpoint, f"SAM checkpoint {checkpoint} does not exist{where}"
+
 def make_segmenter(kind: str = "auto", checkpoint: str | Path | None = None, sam: SamParams | None = None,
-                   superpixel: SuperpixelParams | None = None) -> Segmenter:
-    """`sam` from `checkpoint` if it exists (kind 'auto'/'sam'), else `superpixel`; logs which and why."""
-    if kind not in ("auto", "sam", "superpixel"):
-        raise ValueError(f"segmenter kind={kind!r}; choose 'auto', 'sam' or 'superpixel'")
-    have_ckpt = bool(checkpoint) and Path(checkpoint).is_file()
-    if kind == "sam" and not have_ckpt:
-        raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint!r}; download sam_vit_h_4b8939.pth "
-                                f"(segment-anything) or use kind='superpixel'")
-    if kind != "superpixel" and have_ckpt:
-        seg = SamSegmenter.from_checkpoint(checkpoint, sam)
-        log.info(f"segmenter: sam ({seg.params.model_type}, {checkpoint}) on {seg.device}")
-        return seg
-    seg = SuperpixelSegmenter(superpixel)
-    why = ("requested" if kind == "superpixel" else
-           "no SAM checkpoint given" if not checkpoint else f"SAM checkpoint {checkpoint} does not exist")
-    log.info(f"segmenter: superpixel ({seg.params.method}) - {why}")
+                   superpixel: SuperpixelParams | None = None, **options) -> Segmenter:
+    """The backend `kind` of `SEGMENTERS`, or 'auto': `sam` if `checkpoint` is found, else `superpixel`; logs which and why."""
+    if kind != "auto" and kind not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter kind={kind!r}; choose 'auto' or one of {sorted(SEGMENTERS)}")
+    kind, checkpoint, why = _auto_segmenter(checkpoint) if kind == "auto" else (kind, checkpoint, "requested")
+    seg = SEGMENTERS[kind].create(checkpoint=checkpoint, sam=sam, superpixel=superpixel, **options)
+    log.info(f"segmenter: {kind}" + (f" ({seg.summary()})" if seg.summary() else "") + f" - {why}")
     return seg
 
-# %% ../nbs/03_segments.ipynb 29
+# %% ../nbs/03_segments.ipynb 34
+def sam_params(cfg: Config) -> SamParams:
+    """`SamParams` of a run: model type, device, points per side and the two thresholds of `cfg`."""
+    return SamParams(model_type=cfg.sam_model_type, device=cfg.device, points_per_side=cfg.sam_points_per_side,
+                     pred_iou_thresh=cfg.sam_pred_iou_thresh, stability_score_thresh=cfg.sam_stability_score_thresh)
+
+def segmenter_from_config(cfg: Config) -> Segmenter:
+    """The segmenter a run's `Config` asks for: `cfg.segmenter` with its SAM checkpoint and settings."""
+    return make_segmenter(cfg.segmenter, cfg.sam_checkpoint or None, sam=sam_params(cfg))
+
+# %% ../nbs/03_segments.ipynb 38
 @dataclass
 class SegmentConfig:
     """How masks become stored segments: selection, crop and padding settings."""
@@ -303,7 +362,12 @@ class SegmentConfig:
         if self.num_stored < 1 or self.crop_size < 1:
             raise ValueError(f"SegmentConfig needs num_stored >= 1 and crop_size >= 1, got {self.num_stored}, {self.crop_size}")
 
-# %% ../nbs/03_segments.ipynb 30
+# %% ../nbs/03_segments.ipynb 40
+def segment_config(cfg: Config, **knobs) -> SegmentConfig:
+    """`SegmentConfig` of a run: `num_stored` = `cfg.num_seg_stored`, `crop_size` = `cfg.segment_size`; `knobs` set the rest."""
+    return SegmentConfig(num_stored=cfg.num_seg_stored, crop_size=cfg.segment_size, **knobs)
+
+# %% ../nbs/03_segments.ipynb 42
 def select_masks(masks: Sequence[Mask], image_hw: tuple[int, int], cfg: SegmentConfig) -> list[Mask]:
     """Up to `cfg.num_stored` masks: size-filtered, largest first, near-duplicates dropped. Never uses text."""
     total = image_hw[0] * image_hw[1]
@@ -317,7 +381,7 @@ def select_masks(masks: Sequence[Mask], image_hw: tuple[int, int], cfg: SegmentC
                 break
     return kept
 
-# %% ../nbs/03_segments.ipynb 34
+# %% ../nbs/03_segments.ipynb 46
 def fill_colour(image: np.ndarray, fill: str) -> np.ndarray:
     """The uint8 RGB colour for pixels outside a mask."""
     if fill == "mean":
@@ -338,7 +402,7 @@ def mask_crop(image: np.ndarray, m: Mask, size: int, fill: np.ndarray) -> np.nda
     square[oy:oy + h, ox:ox + w] = patch
     return _resize(square, size)
 
-# %% ../nbs/03_segments.ipynb 36
+# %% ../nbs/03_segments.ipynb 48
 @dataclass
 class Segments:
     """The stored segments of one image: k slots of crops with per-slot validity and mask statistics."""
@@ -378,7 +442,7 @@ def segment_image(image: np.ndarray, segmenter: Segmenter, cfg: SegmentConfig) -
     """Run `segmenter` on one image and turn its masks into stored segments."""
     return segments_from_masks(image, segmenter.segment(_check_image(image)), cfg)
 
-# %% ../nbs/03_segments.ipynb 40
+# %% ../nbs/03_segments.ipynb 52
 CACHE_FORMAT = 1
 _ENTRY_KEYS = ("crops", "valid", "boxes", "areas", "scores", "n_masks", "image_hash", "config_hash", "checksum", "format")
 
@@ -402,7 +466,7 @@ def _arrays_checksum(s: Segments) -> str:
         h.update(f"{a.dtype}{a.shape}".encode()); h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 42
+# %% ../nbs/03_segments.ipynb 54
 def save_segments_file(path: str | Path, seg: Segments, image_hash: str, config_hash: str) -> Path:
     """Write one cache entry atomically (compressed `.npz` with hashes and a checksum)."""
     with atomic_write(path, "wb") as f:
@@ -436,7 +500,7 @@ def load_segments_file(path: str | Path, image_hash: str | None = None, config_h
         raise CorruptSegmentCache(f"segment cache entry {path}: {'; '.join(problems)}")
     return seg
 
-# %% ../nbs/03_segments.ipynb 43
+# %% ../nbs/03_segments.ipynb 55
 class SegmentCache:
     """Disk cache of `Segments`: `<root>/<config hash[:16]>/<image hash>.npz`, one file per image."""
     def __init__(self, root: str | Path | None = None):
@@ -464,7 +528,7 @@ class SegmentCache:
     def save(self, image_hash: str, config_hash: str, seg: Segments) -> Path:
         return save_segments_file(self.path(image_hash, config_hash), seg, image_hash, config_hash)
 
-# %% ../nbs/03_segments.ipynb 47
+# %% ../nbs/03_segments.ipynb 59
 def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
                      cfg: SegmentConfig | None = None, on_corrupt: str = "recompute") -> tuple[pd.DataFrame, dict]:
     """Fill `cache` with the segments of every image in `df`; returns (per-image table, stats)."""
@@ -507,7 +571,7 @@ def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, 
     pairs = [read_segments(p, num_seg) for p in table.segment_path]
     return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
 
-# %% ../nbs/03_segments.ipynb 57
+# %% ../nbs/03_segments.ipynb 69
 _SEGMENT_FILE = re.compile(r"^(?P<stem>.+)_(?P<idx>\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
 
 class UpstreamSegmentZip:
@@ -564,7 +628,7 @@ class UpstreamSegmentZip:
     def __exit__(self, *exc) -> None:
         self.close()
 
-# %% ../nbs/03_segments.ipynb 59
+# %% ../nbs/03_segments.ipynb 71
 def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], size: int = 32) -> Path:
     """Write a small `image_segments.zip` in the upstream layout; segment i of a stem is grey level 10*i+5."""
     path = Path(path)
