@@ -14,7 +14,8 @@ from .core import get_logger
 
 # %% auto 0
 __all__ = ['log', 'target_similarity_scores', 'combine_scores', 'combined_similarity_scores', 'rank_by_score',
-           'curriculum_schedule', 'admitted_count', 'score_weights', 'CurriculumSampler']
+           'curriculum_schedule', 'admitted_count', 'score_weights', 'CurriculumSampler', 'source_ratio',
+           'batch_target_likeness', 'admit_in_batch']
 
 # %% ../nbs/08_curriculum.ipynb 5
 log = get_logger("urbancross.curriculum")
@@ -165,3 +166,20 @@ class CurriculumSampler(torch.utils.data.Sampler):
         if self.weights is None:
             raise ValueError("this CurriculumSampler was built with weighted=False; pass weighted=True for weights")
         return self.weights[torch.as_tensor(indices, dtype=torch.long)]
+
+# %% ../nbs/08_curriculum.ipynb 39
+def source_ratio(cfg, epoch: int) -> float:
+    """Share of each source batch admitted in `epoch`: curriculum, fixed `curriculum_start`, or 1."""
+    if cfg.curriculum:
+        return round(min(1.0, cfg.curriculum_start + cfg.curriculum_step * epoch), 10)
+    return cfg.curriculum_start if cfg.select_source else 1.0
+
+def batch_target_likeness(source_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity of each source embedding to the target batch (upstream `W1.mean(0)`)."""
+    return (F.normalize(source_emb.float(), dim=-1) @ F.normalize(target_emb.float(), dim=-1).t()).mean(1)
+
+def admit_in_batch(scores: torch.Tensor, ratio: float, min_keep: int = 2) -> torch.Tensor:
+    """Positions of the `ratio` most target-like rows of a batch (at least `min_keep`), best first."""
+    n = len(scores)
+    k = min(n, max(min_keep, int(ratio * n + 1e-9)))
+    return rank_by_score(scores.detach().cpu())[:k].to(scores.device)

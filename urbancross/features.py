@@ -20,46 +20,44 @@ from .data import caption_table, load_image, sha256_file
 from .towers import RetrievalModel
 
 # %% auto 0
-__all__ = ['log', 'image_trunk_features', 'text_tower_features', 'FeatureBank', 'image_key', 'text_key', 'compute_image_features',
-           'compute_text_features', 'cached_features', 'feature_bank']
+__all__ = ['log', 'image_trunk_features', 'segment_trunk_features', 'text_tower_features', 'FeatureBank', 'trunk_fingerprint',
+           'image_key', 'text_key', 'compute_image_features', 'compute_text_features', 'cached_features',
+           'feature_bank']
 
 # %% ../nbs/10_features.ipynb 4
 log = get_logger("urbancross.features")
 
 # %% ../nbs/10_features.ipynb 6
-def _split_image_tower(model: RetrievalModel) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(trunk, head) of the model's image tower: timm towers have both; native CLIP towers use `proj`."""
-    v = model.clip.visual
-    if hasattr(v, "trunk") and hasattr(v, "head"):
-        return v.trunk, v.head
-    raise NotImplementedError(f"{model.name}: frozen-trunk features need a timm image tower (trunk + head); "
-                              "for native open_clip ViTs use full fine-tuning (07_train)")
+def _pil(im) -> Image.Image:
+    return im if isinstance(im, Image.Image) else load_image(im)
 
 @torch.no_grad()
 def image_trunk_features(model: RetrievalModel, images: Sequence, views: int = 1, batch_size: int = 64) -> torch.Tensor:
-    """Trunk features `[N, views, D]` of PIL images rotated by k·90° for k < views."""
-    trunk, _ = _split_image_tower(model)
-    trunk.eval()
-    device = model.logit_scale.device
+    """Trunk features `[N, views, D]` of images (PIL or paths) rotated by k·90° for k < views."""
+    model.eval()
     chunks = []
     for s in range(0, len(images), batch_size):
-        ims = images[s:s + batch_size]
-        per_view = [trunk(torch.stack([model.eval_transform(im.rotate(90 * k) if k else im) for im in ims]).to(device))
-                    for k in range(views)]
+        ims = [_pil(im) for im in images[s:s + batch_size]]
+        per_view = [model.image_features(torch.stack([model.eval_transform(im.rotate(90 * k) if k else im)
+                                                      for im in ims]).to(model.device)) for k in range(views)]
         chunks.append(torch.stack(per_view, 1).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 @torch.no_grad()
-def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Pooled text-transformer features `[M, D]` (before the projection)."""
-    t = model.clip.text
-    t.eval()
-    device = model.logit_scale.device
+def segment_trunk_features(model: RetrievalModel, crops: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
+    """Segment-trunk features `[N, D]` of uint8 crops `[S, S, 3]` (resized to the model's input)."""
+    model.eval()
     chunks = []
-    for s in range(0, len(texts), batch_size):
-        tok = model.tokenizer(list(texts[s:s + batch_size])).to(device)
-        mask = (tok != t.config.pad_token_id).long()
-        chunks.append(t.pooler(t.transformer(input_ids=tok, attention_mask=mask), mask).float().cpu())
+    for s in range(0, len(crops), batch_size):
+        x = torch.stack([model.eval_transform(Image.fromarray(np.asarray(c))) for c in crops[s:s + batch_size]])
+        chunks.append(model.segment_features(x.to(model.device)).float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0)
+
+@torch.no_grad()
+def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Pooled text-trunk features `[M, D]` (before the projection)."""
+    model.eval()
+    chunks = [model.text_features(list(texts[s:s + batch_size])).float().cpu() for s in range(0, len(texts), batch_size)]
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 # %% ../nbs/10_features.ipynb 11
@@ -106,9 +104,19 @@ class FeatureBank:
 def _hasher(*settings) -> "hashlib._Hash":
     return hashlib.sha256(json.dumps(list(settings)).encode())
 
-def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None) -> str:
-    """Hash of the image-tower settings, image ids and contents, and segment crops of a manifest."""
-    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views)
+@torch.no_grad()
+def trunk_fingerprint(model: RetrievalModel) -> str:
+    """Hash of every trunk tensor's name, shape and sums: a trunk trained since differs."""
+    h = hashlib.sha256()
+    for n, p in model.named_parameters():
+        if not n.startswith(("image_head.", "text_head.", "segment_head.")) and "logit" not in n:
+            q = p.detach().double()
+            h.update(f"{n}|{tuple(p.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
+    return h.hexdigest()[:16]
+
+def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, trunk: str = "") -> str:
+    """Hash of the image-tower settings and trunk, image ids and contents, and segment crops of a manifest."""
+    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views, cfg.segment_tower, trunk)
     for row in df.itertuples():
         h.update(f"{row.image_id}|{sha256_file(row.image_path)}".encode())
         if segments is not None:
@@ -116,9 +124,9 @@ def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None) ->
             h.update(np.ascontiguousarray(crops).tobytes()); h.update(np.asarray(valid, bool).tobytes())
     return h.hexdigest()[:20]
 
-def text_key(cfg: Config, df: pd.DataFrame) -> str:
-    """Hash of the text-tower settings and the image ids and captions of a manifest."""
-    h = _hasher("texts", cfg.model_name, cfg.pretrained, cfg.context_length)
+def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
+    """Hash of the text-tower settings and trunk and the image ids and captions of a manifest."""
+    h = _hasher("texts", cfg.model_name, cfg.pretrained, cfg.context_length, trunk)
     for row in df.itertuples():
         h.update(f"{row.image_id}|{json.dumps(list(row.captions))}".encode())
     return h.hexdigest()[:20]
@@ -127,13 +135,12 @@ def text_key(cfg: Config, df: pd.DataFrame) -> str:
 def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
                            segments: Mapping | None = None) -> dict:
     """Frozen image-tower features of every image (cfg.views rotations) and segment crop of `df`."""
-    out = dict(images=image_trunk_features(model, [load_image(p) for p in df.image_path], cfg.views),
-               segments=None, segment_valid=None)
+    out = dict(images=image_trunk_features(model, list(df.image_path), cfg.views), segments=None, segment_valid=None)
     if segments is not None:
         crops = [segments[i] for i in df.image_id]
         k = len(crops[0][1])
-        flat = [Image.fromarray(np.asarray(c)) for cr, _ in crops for c in cr]
-        out["segments"] = image_trunk_features(model, flat, 1)[:, 0].reshape(len(df), k, -1)
+        flat = [c for cr, _ in crops for c in cr]
+        out["segments"] = segment_trunk_features(model, flat).reshape(len(df), k, -1)
         out["segment_valid"] = torch.tensor(np.stack([np.asarray(v, bool) for _, v in crops]))
     return out
 
@@ -160,9 +167,9 @@ def cached_features(path: Path, compute: Callable[[], dict], what: str) -> dict:
 def feature_bank(cfg: Config, model: RetrievalModel, df: pd.DataFrame, cache_dir: str | Path,
                  segments: Mapping | None = None) -> FeatureBank:
     """The bank of `df`: image and text parts each read from `cache_dir`, or computed and cached."""
-    cache_dir = Path(cache_dir)
-    img = cached_features(cache_dir / f"images_{image_key(cfg, df, segments)}.pt",
+    cache_dir, trunk = Path(cache_dir), trunk_fingerprint(model)
+    img = cached_features(cache_dir / f"images_{image_key(cfg, df, segments, trunk)}.pt",
                           lambda: compute_image_features(cfg, model, df, segments), f"{len(df)} images")
-    txt = cached_features(cache_dir / f"texts_{text_key(cfg, df)}.pt",
+    txt = cached_features(cache_dir / f"texts_{text_key(cfg, df, trunk)}.pt",
                           lambda: compute_text_features(model, df), f"the captions of {len(df)} images")
     return FeatureBank(list(df.image_id), list(df.domain), list(df.split), **img, **txt)

@@ -18,18 +18,21 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from .core import Config, get_device, get_logger
+import copy
+
+from .core import Config, Registry, get_device, get_logger
 
 # %% auto 0
-__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'minilm_path', 'efficientnet_lite0_path', 'smoke_model_config',
-           'register_model_config', 'efficientnet_lite0_state_dict', 'load_efficientnet_lite0', 'RandomRot90',
-           'make_transforms', 'RetrievalModel', 'build_model', 'text_features', 'set_trainable', 'param_groups',
-           'embed_images', 'embed_texts']
+__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'minilm_path', 'efficientnet_lite0_path',
+           'smoke_model_config', 'register_model_config', 'efficientnet_lite0_state_dict', 'load_efficientnet_lite0',
+           'RandomRot90', 'make_transforms', 'tiny_clip_config', 'split_projection', 'head_width', 'ResidualAdapter',
+           'make_head', 'masked_mean', 'RetrievalModel', 'resolve_model_name', 'build_model', 'block_stack',
+           'top_parameter_names', 'set_trainable', 'param_groups', 'embed_images', 'embed_texts']
 
 # %% ../nbs/06_towers.ipynb 4
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach a model hub implicitly
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-log = get_logger("urbancross.model")
+log = get_logger("urbancross.towers")
 SMOKE_MODEL = "UC-EfficientNetLite0-MiniLM"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -103,102 +106,291 @@ def make_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]
     return train, evaluate
 
 # %% ../nbs/06_towers.ipynb 20
-class RetrievalModel(nn.Module):
-    """An open_clip model with its tokenizer and (train, eval) transforms."""
-    def __init__(self, clip: nn.Module, tokenizer: Callable, train_transform: Callable, eval_transform: Callable,
-                 name: str, pretrained: str):
+def tiny_clip_config(image_size: int = 32, context_length: int = 16, vision: str = "vit",
+                     quick_gelu: bool = False) -> dict:
+    """open_clip config of a tiny native CLIP (2 narrow layers per tower): 'vit' or timm 'convnext'."""
+    text = {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+    if vision == "vit":
+        vis = {"image_size": image_size, "layers": 2, "width": 48, "patch_size": 8, "head_width": 24}
+    elif vision == "convnext":
+        vis = {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "",
+               "timm_proj": "linear", "timm_drop": 0.0, "timm_drop_path": 0.0, "image_size": image_size}
+    else:
+        raise ValueError(f"vision={vision!r}; choose 'vit' or 'convnext'")
+    return {"embed_dim": 32, "quick_gelu": quick_gelu, "vision_cfg": vis, "text_cfg": text}
+
+# %% ../nbs/06_towers.ipynb 22
+def _as_linear(p: nn.Parameter | nn.Module) -> nn.Module:
+    """A projection matrix `[width, dim]` as an equivalent bias-free `nn.Linear`; modules as they are."""
+    if isinstance(p, nn.Module):
+        return p
+    lin = nn.Linear(p.shape[0], p.shape[1], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(p.detach().t())
+    return lin
+
+def split_projection(owner: nn.Module, which: str) -> nn.Module:
+    """Remove the `which` ('image' | 'text') projection from an open_clip model and return it as a module."""
+    if which == "image":
+        v = owner.visual
+        if hasattr(v, "trunk") and hasattr(v, "head"):            # timm tower (EfficientNet, ConvNeXt, ...)
+            head, v.head = v.head, nn.Identity()
+            return head
+        if isinstance(getattr(v, "proj", None), nn.Parameter):    # native ViT
+            head, v.proj = _as_linear(v.proj), None
+            return head
+        raise NotImplementedError(f"{type(v).__name__} image tower: no projection found to split off "
+                                  "(native ViT `proj` or timm `head`); add its case to split_projection")
+    if which == "text":
+        t = getattr(owner, "text", owner)                         # CustomTextCLIP keeps the tower in .text
+        if getattr(t, "text_projection", None) is not None:       # native text transformer
+            head, t.text_projection = _as_linear(t.text_projection), None
+            return head
+        if hasattr(t, "proj") and hasattr(t, "transformer"):      # Hugging Face tower
+            head, t.proj = t.proj, nn.Identity()
+            return head
+        raise NotImplementedError(f"{type(t).__name__} text tower: no projection found to split off")
+    raise ValueError(f"which={which!r}; choose 'image' or 'text'")
+
+def head_width(head: nn.Module) -> int:
+    """Input width of a projection head (its first linear layer)."""
+    lin = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+    if lin is None:
+        raise ValueError(f"projection head {type(head).__name__} has no linear layer")
+    return lin.in_features
+
+# %% ../nbs/06_towers.ipynb 26
+class ResidualAdapter(nn.Module):
+    """`x + W2 gelu(W1 LayerNorm(x))` with `W2 = 0` at start: the identity until it trains."""
+    def __init__(self, width: int, hidden: int | None = None):
         super().__init__()
+        hidden = hidden or max(32, width // 2)
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(width), nn.Linear(width, hidden), nn.Linear(hidden, width)
+        nn.init.zeros_(self.fc2.weight); nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+def make_head(projection: nn.Module, adapter_blocks: int = 1) -> nn.Sequential:
+    """`adapter_blocks` residual adapters on the projection's input width, then the projection."""
+    w = head_width(projection)
+    return nn.Sequential(*[ResidualAdapter(w) for _ in range(adapter_blocks)], projection)
+
+# %% ../nbs/06_towers.ipynb 29
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of `x [B, K, D]` over the slots where `valid [B, K]` is True (zeros where none is)."""
+    w = valid.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+class RetrievalModel(nn.Module):
+    """Any open_clip model as trunks (pre-projection) + heads, with segment tower, tokenizer, transforms."""
+    def __init__(self, clip: nn.Module, tokenizer: Callable, train_transform: Callable, eval_transform: Callable,
+                 name: str, pretrained: str, adapter_blocks: int = 1, segment_tower: str = "separate"):
+        super().__init__()
+        if segment_tower not in ("separate", "shared"):
+            raise ValueError(f"segment_tower={segment_tower!r}; choose 'separate' or 'shared'")
+        self.image_head = make_head(split_projection(clip, "image"), adapter_blocks)
+        self.text_head = make_head(split_projection(clip, "text"), adapter_blocks)
         self.clip, self.tokenizer = clip, tokenizer
+        self.segment_visual = copy.deepcopy(clip.visual) if segment_tower == "separate" else None
+        self.segment_head = copy.deepcopy(self.image_head) if segment_tower == "separate" else None
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.name, self.pretrained = name, pretrained
+        self.name, self.pretrained, self.segment_tower = name, pretrained, segment_tower
 
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
 
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the shared embedding space (the image projection's output)."""
+        return [m for m in self.image_head.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    # trunk features (before the projections)
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(images)
+
+    def segment_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """Trunk features of segment crops `[..., 3, H, W]` -> `[..., D]`."""
+        flat = crops.reshape(-1, *crops.shape[-3:])
+        f = (self.segment_visual or self.clip.visual)(flat)
+        return f.reshape(*crops.shape[:-3], f.shape[-1])
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.clip.encode_text(self.tokenize(texts))
+
+    # heads (trunk features -> normalised embeddings)
+    def embed_image_features(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(f), dim=-1)
+
+    def embed_segment_features(self, f: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Pooled segment embedding per image from slot features `[B, K, D]` and `valid [B, K]`."""
+        slots = F.normalize((self.segment_head or self.image_head)(f), dim=-1)
+        return F.normalize(masked_mean(slots, valid.to(slots.device)), dim=-1)
+
+    def embed_text_features(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(f), dim=-1)
+
+    # both at once
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings."""
-        return F.normalize(self.clip.encode_image(images), dim=-1)
+        return self.embed_image_features(self.image_features(images))
+
+    def encode_segments(self, crops: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Pooled, L2-normalised segment embeddings of crops `[B, K, 3, H, W]`."""
+        return self.embed_segment_features(self.segment_features(crops), valid)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised embeddings of raw caption strings."""
-        tokens = self.tokenizer(list(texts)).to(self.logit_scale.device)
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+        return self.embed_text_features(self.text_features(texts))
 
-    def forward(self, images: torch.Tensor, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_image(images), self.encode_text(texts)
+    def forward(self, batch: dict) -> dict:
+        """Embeddings of a batch dict: `images` or `image_features`, `texts` or `text_features`,
+        `segments` or `segment_features` with `segment_valid`; nested groups (e.g. `source`, `target`) recurse."""
+        if any(isinstance(v, dict) for v in batch.values()):
+            return {k: self(v) for k, v in batch.items() if isinstance(v, dict)}
+        out = {}
+        if "images" in batch:
+            out["image"] = self.encode_image(batch["images"])
+        elif "image_features" in batch:
+            out["image"] = self.embed_image_features(batch["image_features"])
+        if "text_features" in batch:
+            out["text"] = self.embed_text_features(batch["text_features"])
+        elif batch.get("texts") is not None:
+            out["text"] = self.encode_text(batch["texts"])
+        for key, enc in (("segments", self.encode_segments), ("segment_features", self.embed_segment_features)):
+            if key in batch:
+                out["segment"] = enc(batch[key], batch["segment_valid"])
+                out["has_segment"] = batch["segment_valid"].any(1).to(out["segment"].device)
+        return out
 
-# %% ../nbs/06_towers.ipynb 21
+# %% ../nbs/06_towers.ipynb 31
+TOWERS = Registry("backbone")
+
+def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
+    pre = cfg.pretrained
+    register_model_config(SMOKE_MODEL, smoke_model_config(cfg.image_size, cfg.context_length,
+                                                          text_pretrained=(pre == "local")))
+    clip = open_clip.create_model(SMOKE_MODEL, pretrained=pre if pre not in ("local", "") else None)
+    if pre == "local":
+        n = load_efficientnet_lite0(clip.visual.trunk)
+        log.info(f"model {SMOKE_MODEL}: ImageNet EfficientNet-Lite0 ({n} tensors) + all-MiniLM-L6-v2 from {minilm_path()}")
+    return clip, IMAGENET_MEAN, IMAGENET_STD
+
+TOWERS.register(SMOKE_MODEL, _smoke_clip)
+for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=True)),
+                   ("UC-TinyConvNeXt", dict(vision="convnext"))):
+    def _tiny(cfg: Config, _name=_name, _kw=_kw) -> tuple[nn.Module, tuple, tuple]:
+        register_model_config(_name, tiny_clip_config(cfg.image_size, cfg.context_length, **_kw))
+        return _open_clip(cfg.replace(model_name=_name))
+    TOWERS.register(_name, _tiny)
+
+def resolve_model_name(name: str, pretrained: str) -> str:
+    """`name`, or its `-quickgelu` variant when the weights are OpenAI's and open_clip has one."""
+    if pretrained == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
+        log.info(f"model {name}: OpenAI weights were trained with QuickGELU, building {name}-quickgelu")
+        return f"{name}-quickgelu"
+    return name
+
+def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
+    name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), cfg.pretrained
+    if pre == "local":
+        raise ValueError(f"pretrained='local' means the shipped smoke towers; give {name!r} an open_clip tag or a file")
+    clip = open_clip.create_model(name, pretrained=pre or None, force_image_size=cfg.image_size)
+    return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
+
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
-    """Build the open_clip model named by `cfg` with weights per `cfg.pretrained`."""
+    """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`."""
     device = device or get_device(cfg.device)
-    name, pre = cfg.model_name, cfg.pretrained
-    if name == SMOKE_MODEL:
-        register_model_config(SMOKE_MODEL, smoke_model_config(cfg.image_size, cfg.context_length,
-                                                              text_pretrained=(pre == "local")))
-        clip = open_clip.create_model(SMOKE_MODEL, pretrained=pre if pre not in ("local", "") else None)
-        if pre == "local":
-            n = load_efficientnet_lite0(clip.visual.trunk)
-            log.info(f"model {name}: ImageNet EfficientNet-Lite0 ({n} tensors) + all-MiniLM-L6-v2 from {minilm_path()}")
-        else:
-            log.info(f"model {name}: weights {pre or 'random init'}")
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        if pre == "local":
-            raise ValueError(f"pretrained='local' means the shipped smoke towers; give {name!r} an open_clip tag or a file")
-        clip = open_clip.create_model(name, pretrained=pre or None, force_image_size=cfg.image_size)
-        log.info(f"model {name}: weights {pre or 'random init'}")
-        mean, std = clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
+    builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
+    clip, mean, std = builder(cfg)
+    log.info(f"model {cfg.model_name}: weights {cfg.pretrained or 'random init'}, adapters {cfg.adapter_blocks}, "
+             f"segment tower {cfg.segment_tower}")
     train_tf, eval_tf = make_transforms(cfg.image_size, mean, std)
-    model = RetrievalModel(clip, open_clip.get_tokenizer(name), train_tf, eval_tf, name, pre)
+    tok_name = cfg.model_name if cfg.model_name in open_clip.list_models() else resolve_model_name(cfg.model_name, cfg.pretrained)
+    model = RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
+                           train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
     return model.to(device)
 
-# %% ../nbs/06_towers.ipynb 25
-@torch.no_grad()
-def text_features(model: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
-    """Mean-pooled, L2-normalised text-tower features before the projection (for checks)."""
-    text = model.clip.text
-    tokens = model.tokenizer(list(texts)).to(model.logit_scale.device)
-    mask = (tokens != text.config.pad_token_id).long()
-    out = text.transformer(input_ids=tokens, attention_mask=mask)
-    return F.normalize(text.pooler(out, mask), dim=-1)
+# %% ../nbs/06_towers.ipynb 44
+def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the tower's largest list of repeated blocks."""
+    best, best_n = None, -1
+    for name, mod in tower.named_modules():
+        kids = list(mod.children())
+        if isinstance(mod, (nn.ModuleList, nn.Sequential)) and len(kids) >= 2 and len({type(k) for k in kids}) == 1:
+            n = sum(p.numel() for p in mod.parameters())
+            if n > best_n:
+                best, best_n = (name, mod), n
+    if best is None:
+        raise ValueError(f"{type(tower).__name__}: no stack of repeated blocks found")
+    return best
 
-# %% ../nbs/06_towers.ipynb 30
+def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
+    """(prefix, module) of each trunk: image, segment (if separate), text."""
+    c = model.clip
+    text = ("clip.text", c.text) if hasattr(c, "text") else ("clip", c)
+    parts = [("clip.visual", c.visual), text]
+    if model.segment_visual is not None:
+        parts.insert(1, ("segment_visual", model.segment_visual))
+    return parts
+
+def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
+    """Names of the last `blocks` blocks of every trunk and of the non-embedding layers after them."""
+    out = set()
+    for prefix, tower in _tower_parts(model):
+        if prefix == "clip":                                   # native CLIP: the text trunk is the CLIP minus visual
+            names = [n for n, _ in tower.named_parameters() if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")]
+        else:
+            names = [n for n, _ in tower.named_parameters()]
+        stack_name, stack = block_stack(tower if prefix != "clip" else tower.transformer)
+        stack_name = stack_name if prefix != "clip" else f"transformer.{stack_name}".rstrip(".")
+        kids = [k for k, _ in stack.named_children()]
+        keep = {f"{stack_name}.{k}." for k in kids[len(kids) - blocks:]} if blocks > 0 else set()
+        in_stack = [i for i, n in enumerate(names) if n.startswith(stack_name + ".")]
+        last = max(in_stack) if in_stack else len(names)
+        for i, n in enumerate(names):
+            if any(n.startswith(k) for k in keep) or (i > last and "embed" not in n):
+                out.add(f"{prefix}.{n}")
+    return out
+
 def _is_head(name: str) -> bool:
-    return name == "logit_scale" or name.startswith(("visual.head", "text.proj", "visual.proj", "text_projection"))
+    return name.startswith(("image_head.", "text_head.", "segment_head.")) or name == "clip.logit_scale"
 
-def _is_top(name: str) -> bool:
-    top = ("visual.trunk.blocks.6", "visual.trunk.conv_head", "visual.trunk.bn2", "text.transformer.encoder.layer.5",
-           "visual.transformer.resblocks.-1", "transformer.resblocks.-1", "visual.ln_post", "ln_final")
-    return _is_head(name) or name.startswith(top)
-
-def set_trainable(model: RetrievalModel, mode: str = "all") -> int:
+def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> int:
     """Freeze/unfreeze parameters by `mode` ('all'|'top'|'heads'); returns the trainable count."""
     if mode not in ("all", "top", "heads"):
         raise ValueError(f"trainable={mode!r}; choose 'all', 'top' or 'heads'")
-    keep = {"all": lambda n: True, "top": _is_top, "heads": _is_head}[mode]
-    for n, p in model.clip.named_parameters():
-        p.requires_grad_(keep(n))
-    return sum(p.numel() for p in model.clip.parameters() if p.requires_grad)
+    top = top_parameter_names(model, blocks) if mode == "top" else set()
+    for n, p in model.named_parameters():
+        p.requires_grad_(mode == "all" or _is_head(n) or n in top)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
-    """Optimizer groups: heads at `lr`, backbone at `lr_backbone`; no decay on norms, biases, temperature."""
+    """Optimizer groups: heads at `lr`, trunks at `lr_backbone`; no decay on norms, biases, temperature."""
     groups = {(h, d): [] for h in (True, False) for d in (True, False)}
-    for n, p in model.clip.named_parameters():
+    for n, p in model.named_parameters():
         if p.requires_grad:
-            groups[(_is_head(n), p.ndim >= 2 and n != "logit_scale")].append(p)
+            groups[(_is_head(n), p.ndim >= 2 and "logit_scale" not in n)].append(p)
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 33
+# %% ../nbs/06_towers.ipynb 48
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""
-    model.eval(); device = model.logit_scale.device; out = []
+    model.eval(); out = []
     for i in range(0, len(images), batch_size):
-        x = torch.stack([model.eval_transform(im) for im in images[i:i + batch_size]]).to(device)
+        x = torch.stack([model.eval_transform(im) for im in images[i:i + batch_size]]).to(model.device)
         out.append(model.encode_image(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, model.clip.text.proj.out_features if hasattr(model.clip, "text") else 0)
+    return torch.cat(out) if out else torch.empty(0, 0)
 
 @torch.no_grad()
 def embed_texts(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

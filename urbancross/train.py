@@ -5,77 +5,38 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from .core import Config, atomic_torch_save, get_logger, safe_torch_load, seed_everything
-from .data import ManifestDataset, caption_table
+from .adversarial import DomainDiscriminator, grl_lambda, sample_weights, weighted_adversarial_loss
+from .core import Config, get_logger, seed_everything
+from .curriculum import admit_in_batch, batch_target_likeness, score_weights, source_ratio
+from .data import caption_table, load_image
+from .distributed import (_plain_config, check_resumable, gather_rows, init_distributed, restore_checkpoint,
+                                    rng_state, safe_torch_load, save_checkpoint, set_rng_state, shard_sizes)
+from .features import FeatureBank
+from .losses import hard_negative_loss, hard_negative_margin, urbancross_loss
 from .metrics import retrieval_metrics
-from .towers import RetrievalModel, embed_images, embed_texts, param_groups, set_trainable
+from .towers import RetrievalModel, embed_texts, param_groups, set_trainable
 
 # %% auto 0
-__all__ = ['log', 'RESUME_KEYS', 'same_text_mask', 'contrastive_loss', 'triplet_loss', 'pair_loss', 'alignment_loss',
-           'warmup_cosine', 'evaluate', 'ReplayDataset', 'epoch_batches', 'epoch_loader', 'rng_state', 'set_rng_state',
-           'init_distributed', 'shard_sizes', 'scale_grad', 'gather_embeddings', 'save_checkpoint',
-           'restore_checkpoint', 'load_checkpoint', 'check_resumable', 'train_step', 'train']
+__all__ = ['log', 'warmup_cosine', 'ImageItems', 'FeatureItems', 'collate', 'uses_features', 'epoch_plan', 'step_losses',
+           'train_step', 'gallery_embeddings', 'evaluate', 'make_items', 'train']
 
 # %% ../nbs/12_train.ipynb 4
 log = get_logger("urbancross.train")
 
 # %% ../nbs/12_train.ipynb 6
-def same_text_mask(texts: Sequence[str]) -> torch.Tensor:
-    """`[i, j]` is True where captions i and j are identical and i != j."""
-    keys = {t: k for k, t in enumerate(dict.fromkeys(texts))}
-    ids = torch.tensor([keys[t] for t in texts])
-    return (ids[:, None] == ids[None, :]) & ~torch.eye(len(texts), dtype=torch.bool)
-
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                     same_text: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE with temperature `exp(logit_scale)` (clamped at 100, as in CLIP)."""
-    logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
-    if same_text is not None:
-        logits = logits.masked_fill(same_text.to(logits.device), float("-inf"))
-    target = torch.arange(len(img), device=img.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-
-def triplet_loss(img: torch.Tensor, txt: torch.Tensor, margin: float = 0.2,
-                 same_text: torch.Tensor | None = None) -> torch.Tensor:
-    """Upstream hinge triplet loss: sum over all in-batch negatives, both directions."""
-    scores = img @ txt.t()
-    pos = scores.diag()
-    neg_mask = ~torch.eye(len(img), dtype=torch.bool, device=img.device)
-    if same_text is not None:
-        neg_mask &= ~same_text.to(img.device)
-    cost_txt = (margin + scores - pos[:, None]).clamp(min=0)     # image anchor, wrong captions
-    cost_img = (margin + scores - pos[None, :]).clamp(min=0)     # caption anchor, wrong images
-    return (cost_txt * neg_mask).sum() + (cost_img * neg_mask).sum()
-
-# %% ../nbs/12_train.ipynb 9
-def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-              same_text: torch.Tensor | None = None) -> torch.Tensor:
-    """The loss named by `cfg.loss` between two aligned batches of normalised embeddings."""
-    if cfg.loss == "infonce":
-        return contrastive_loss(a, b, logit_scale, same_text)
-    if cfg.loss == "triplet":
-        return triplet_loss(a, b, cfg.margin, same_text)
-    raise ValueError(f"loss={cfg.loss!r}; choose 'infonce' or 'triplet'")
-
-def alignment_loss(cfg: Config, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                   texts: Sequence[str]) -> torch.Tensor:
-    """The loss named by `cfg.loss` on one batch of images and their captions `texts`."""
-    return pair_loss(cfg, img, txt, logit_scale, same_text_mask(texts))
-
-# %% ../nbs/12_train.ipynb 13
 def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
     """Learning-rate multiplier at `step` of `total`."""
     warm = max(1, int(round(warmup_frac * total)))
@@ -83,207 +44,244 @@ def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
         return (step + 1) / warm
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-# %% ../nbs/12_train.ipynb 16
-def evaluate(model: RetrievalModel, df: pd.DataFrame, block_size: int = 1024,
-             images: Sequence | None = None) -> dict:
-    """Retrieval metrics of `model` on all images and captions of `df`."""
-    if images is None:
-        images = ManifestDataset(df, transform=lambda im: im)._images
-    texts, owner = caption_table(df)
-    return retrieval_metrics(embed_images(model, images), embed_texts(model, texts), owner, block_size=block_size)
+# %% ../nbs/12_train.ipynb 9
+def _item_rng(seed: int, epoch: int, i: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, i])
 
-# %% ../nbs/12_train.ipynb 18
-class ReplayDataset(torch.utils.data.Dataset):
-    """Training items keyed by `(epoch, row)`: caption and augmentation are functions of (seed, epoch, row)."""
-    def __init__(self, base: ManifestDataset, seed: int):
-        self.base, self.seed = base, seed
+class ImageItems(torch.utils.data.Dataset):
+    """Manifest rows as training items keyed `(epoch, row)`: image tensor, caption, segment crops."""
+    def __init__(self, df: pd.DataFrame, transform: Callable, seed: int, segments: Mapping | None = None,
+                 num_seg: int = 5, segment_transform: Callable | None = None, with_text: bool = True):
+        self.df, self.transform, self.seed = df.reset_index(drop=True), transform, seed
+        self.segments, self.num_seg, self.with_text = segments, num_seg, with_text
+        self.segment_transform = segment_transform or transform
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.df)
 
-    def _rng(self, epoch: int, i: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, epoch, i])
+    def caption(self, epoch: int, i: int) -> str | None:
+        """The caption row `i` shows in `epoch` (None without text)."""
+        if not self.with_text:
+            return None
+        caps = self.df.captions[i]
+        return caps[int(_item_rng(self.seed, epoch, i).integers(len(caps)))]
 
-    def _pick(self, rng: np.random.Generator, i: int) -> str:
-        caps = self.base.df.captions[i]
-        return caps[int(rng.integers(len(caps)))]
-
-    def caption(self, epoch: int, i: int) -> str:
-        """The caption row `i` shows in `epoch`."""
-        return self._pick(self._rng(epoch, i), i)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, str, int]:
+    def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, i = key
-        rng = self._rng(epoch, i)
-        caption = self._pick(rng, i)
+        rng = _item_rng(self.seed, epoch, i)
+        rng.integers(1 << 30)                                   # the caption draw (see `caption`)
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(int(rng.integers(2**62)))
-            x = self.base.transform(self.base.image(i))
-        return x, caption, i
+            out = {"images": self.transform(load_image(self.df.image_path[i]))}
+        if self.with_text:
+            out["texts"] = self.caption(epoch, i)
+        if self.segments is not None:
+            crops, valid = self.segments[self.df.image_id[i]]
+            k = self.num_seg
+            out["segments"] = torch.stack([self.segment_transform(Image.fromarray(np.asarray(c))) for c in crops[:k]])
+            out["segment_valid"] = torch.as_tensor(np.asarray(valid[:k], bool))
+        return out
 
-# %% ../nbs/12_train.ipynb 22
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator, min_size: int = 2) -> list[list[int]]:
-    """One epoch's shuffled batches of row indices; a last batch smaller than `min_size` is dropped."""
-    perm = torch.randperm(n, generator=generator).tolist()
-    batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
-    return batches if batches and len(batches[-1]) >= min_size else batches[:-1]
+class FeatureItems(torch.utils.data.Dataset):
+    """Images of a `FeatureBank` as items keyed `(epoch, row)`: a cached rotation, a caption's features, segments."""
+    def __init__(self, bank: FeatureBank, seed: int, num_seg: int = 5, use_segments: bool = True,
+                 with_text: bool = True):
+        self.bank, self.seed, self.num_seg, self.with_text = bank, seed, num_seg, with_text
+        self.use_segments = use_segments and bank.segments is not None
+        owner = bank.text_owner.numpy()
+        self.captions_of = [np.flatnonzero(owner == i) for i in range(len(bank))]
 
-def epoch_loader(data: ReplayDataset, batches: Sequence[Sequence[int]], epoch: int,
-                 num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A loader over `batches` (row indices) of `epoch`; it never draws from the global RNG."""
-    keys = [[(epoch, i) for i in b] for b in batches]
-    return torch.utils.data.DataLoader(data, batch_sampler=keys, num_workers=num_workers,
-                                       generator=torch.Generator().manual_seed(data.seed))
+    def __len__(self) -> int:
+        return len(self.bank)
 
-# %% ../nbs/12_train.ipynb 25
-def rng_state(device: torch.device | None = None) -> dict:
-    """Python, NumPy, torch CPU (and CUDA `device`) RNG states as weights-only-loadable values."""
-    version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "torch": torch.get_rng_state()}
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+    def _caption_index(self, epoch: int, i: int) -> int:
+        caps = self.captions_of[i]
+        return int(caps[int(_item_rng(self.seed, epoch, i).integers(len(caps)))])
 
-def set_rng_state(state: dict, device: torch.device | None = None) -> None:
-    """Restore the states saved by `rng_state`."""
-    py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
-    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+    def caption(self, epoch: int, i: int) -> str | None:
+        return self.bank.texts[self._caption_index(epoch, i)] if self.with_text else None
 
-# %% ../nbs/12_train.ipynb 29
-def init_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Join the process group `torchrun` describes (env `WORLD_SIZE` > 1); returns (rank, world size)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend)               # env://: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
-    log.info(f"distributed: rank {dist.get_rank()} of {dist.get_world_size()}, backend {backend}")
-    return dist.get_rank(), dist.get_world_size()
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, i = key
+        rng = _item_rng(self.seed, epoch, i)
+        rng.integers(1 << 30)
+        out = {"image_features": self.bank.images[i, int(rng.integers(self.bank.images.shape[1]))]}
+        if self.with_text:
+            j = self._caption_index(epoch, i)
+            out["text_features"], out["texts"] = self.bank.text_features[j], self.bank.texts[j]
+        if self.use_segments:
+            out["segment_features"] = self.bank.segments[i, :self.num_seg]
+            out["segment_valid"] = self.bank.segment_valid[i, :self.num_seg]
+        return out
 
-def shard_sizes(n: int, world: int) -> list[int]:
-    """Rows of an `n`-row batch that each of `world` processes takes (contiguous, differing by at most 1)."""
-    return [n // world + (r < n % world) for r in range(world)]
+def collate(items: Sequence[dict]) -> dict:
+    """Stack a list of item dicts into a batch dict (captions stay a list)."""
+    return {k: ([it[k] for it in items] if k == "texts" else torch.stack([it[k] for it in items])) for k in items[0]}
 
-# %% ../nbs/12_train.ipynb 30
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
-        ctx.factor = factor
-        return x.clone()
+def uses_features(cfg: Config) -> bool:
+    """Whether `cfg` trains on cached trunk features (the frozen-trunk speed path)."""
+    return cfg.trainable == "heads" and cfg.cache_features
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.factor, None
+# %% ../nbs/12_train.ipynb 13
+def _chunks(order: list[int], size: int, min_size: int) -> list[list[int]]:
+    out = [order[i:i + size] for i in range(0, len(order), size)]
+    return [b for b in out if len(b) >= min_size]
 
-def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Identity in the forward pass; multiplies the gradient by `factor` in the backward pass."""
-    return _ScaleGrad.apply(x, factor)
+def epoch_plan(n_source: int, n_target: int, epoch: int, seed: int, batch_size: int, target_batch: int = 0,
+               min_size: int = 2) -> list[tuple[list[int], list[int]]]:
+    """(source rows, target rows) of every step of `epoch`; no target rows when `target_batch` is 0."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if not target_batch or not n_target:
+        return [(b, []) for b in _chunks(torch.randperm(n_source, generator=g).tolist(), batch_size, min_size)]
+    tgt = _chunks(torch.randperm(n_target, generator=g).tolist(), target_batch, min_size)
+    need = len(tgt) * batch_size
+    src = []
+    while len(src) < need:
+        src += torch.randperm(n_source, generator=g).tolist()
+    return [(src[i * batch_size:(i + 1) * batch_size], t) for i, t in enumerate(tgt)]
 
-def gather_embeddings(img: torch.Tensor, txt: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """All processes' embeddings in rank order; the gradient reaches this process's shard only (times world size)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return img, txt
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local = torch.cat([img, txt], dim=1)
-    padded = local.new_zeros(max(sizes), local.shape[1])
-    padded[:len(local)] = local.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    parts = [p[:n] for p, n in zip(parts, sizes)]
-    parts[rank] = scale_grad(local, world)
-    both = torch.cat(parts)
-    return both[:, :img.shape[1]], both[:, img.shape[1]:]
+# %% ../nbs/12_train.ipynb 16
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.amp not in ("off", "bf16", "fp16"):
+        raise ValueError(f"amp={cfg.amp!r}; choose 'off', 'bf16' or 'fp16'")
+    if cfg.amp == "off" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
-# %% ../nbs/12_train.ipynb 34
-def _plain_config(cfg: Config) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}
+def _gather(emb: dict, sizes: Sequence[int]) -> dict:
+    out = {k: gather_rows(v.float() if v.is_floating_point() else v.float(), sizes) for k, v in emb.items()}
+    if "has_segment" in out:
+        out["has_segment"] = out["has_segment"] > 0.5
+    return out
 
-def save_checkpoint(path: str | Path, model: RetrievalModel, opt: torch.optim.Optimizer, cfg: Config, epoch: int,
-                    step: int = 0, scheduler=None, scaler=None, state: dict | None = None) -> Path:
-    """Write model, optimizer, position (epoch done, `step` of the next) and resume `state` atomically."""
-    ck = {"model": model.clip.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-          "config": _plain_config(cfg)}
-    if scheduler is not None:
-        ck["scheduler"] = scheduler.state_dict()
-    if scaler is not None:
-        ck["scaler"] = scaler.state_dict()
-    return atomic_torch_save({**ck, **(state or {})}, path)
+def step_losses(cfg: Config, model: RetrievalModel, disc: nn.Module | None, src: dict, tgt: dict | None,
+                src_texts: Sequence[str], tgt_texts: Sequence[str] | None, epoch: int, progress: float) -> tuple[torch.Tensor, dict]:
+    """Total loss of one step from gathered source (and target) embeddings, and its logged parts."""
+    keep = torch.arange(len(src["image"]), device=src["image"].device)
+    scores = None
+    if tgt is not None:
+        by_text = "text" in tgt and "text" in src
+        ref_s, ref_t = (src["text"], tgt["text"]) if by_text else (src["image"], tgt["image"])
+        scores = batch_target_likeness(ref_s.detach(), ref_t.detach())
+        keep = admit_in_batch(scores, source_ratio(cfg, epoch))
+    sub = {k: v[keep] for k, v in src.items()}
+    kept_texts = [src_texts[i] for i in keep.tolist()]
+    total, parts = urbancross_loss(cfg, sub, kept_texts, model.logit_scale)
+    logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+    logs["admitted"] = float(len(keep) / len(src["image"]))
+    if tgt is not None and cfg.target_text_loss and "text" in tgt:
+        t_loss, _ = urbancross_loss(cfg.replace(use_sam=False), tgt, list(tgt_texts), model.logit_scale)
+        total = total + t_loss; logs["loss_target_it"] = float(t_loss.detach())
+    if tgt is not None and cfg.w_target_negative > 0:
+        hn = hard_negative_loss(sub["image"], sub["text"], tgt["image"].detach(), hard_negative_margin(epoch))
+        total = total + cfg.w_target_negative * hn; logs["loss_hard_negative"] = float(hn.detach())
+    if tgt is not None and disc is not None:
+        w = None
+        if cfg.adv_weighting == "similarity":
+            w = score_weights(scores[keep]).to(sub["image"].device); w = w / w.mean()
+        elif cfg.adv_weighting == "entropy":
+            with torch.no_grad():
+                w = sample_weights(disc(sub["image"].detach()))
+        elif cfg.adv_weighting != "none":
+            raise ValueError(f"adv_weighting={cfg.adv_weighting!r}; choose 'similarity', 'entropy' or 'none'")
+        adv = weighted_adversarial_loss(disc, sub["image"], tgt["image"], grl_lambda(progress, cfg.adv_gamma), src_weights=w)
+        total = total + cfg.adv_weight * adv
+        with torch.no_grad():
+            acc = ((disc(sub["image"]) < 0).float().mean() + (disc(tgt["image"]) > 0).float().mean()) / 2
+        logs.update(loss_adversarial=float(adv.detach()), disc_acc=float(acc))
+    logs["loss"] = float(total.detach())
+    return total, logs
 
-def restore_checkpoint(ck: dict, model: RetrievalModel, opt: torch.optim.Optimizer | None = None,
-                       scheduler=None, scaler=None) -> dict:
-    """Load a checkpoint dict's states into the objects given; returns it."""
-    model.clip.load_state_dict(ck["model"])
-    for obj, key in ((opt, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
-        if obj is not None and key in ck:
-            obj.load_state_dict(ck[key])
-    return ck
+def _shard(keys: Sequence, rank: int, world: int) -> list:
+    sizes = shard_sizes(len(keys), world)
+    return list(keys[sum(sizes[:rank]):sum(sizes[:rank + 1])])
 
-def load_checkpoint(path: str | Path, model: RetrievalModel, opt: torch.optim.Optimizer | None = None,
-                    scheduler=None, scaler=None) -> dict:
-    """Load a checkpoint written by `save_checkpoint` into `model` (and `opt`, ...; weights only); returns it."""
-    return restore_checkpoint(safe_torch_load(path), model, opt, scheduler, scaler)
-
-# %% ../nbs/12_train.ipynb 36
-RESUME_KEYS = ("seed", "batch_size", "epochs", "lr", "lr_backbone", "weight_decay", "warmup_frac", "loss",
-               "margin", "trainable", "model_name", "image_size", "context_length")
-
-def check_resumable(ck: dict, cfg: Config, n_items: int, path: str | Path) -> None:
-    """Raise `ValueError` naming `path` if `ck` cannot continue a run of `cfg` on `n_items` rows."""
-    if "rng" not in ck or "sampler_state" not in ck:
-        raise ValueError(f"checkpoint {path} holds weights only, no training-loop state; it cannot be resumed "
-                         "(use load_checkpoint for the weights, or resume=False to train from scratch)")
-    now, then = _plain_config(cfg), ck.get("config", {})
-    diff = [f"{k}: {then.get(k)!r} in the checkpoint, {now[k]!r} now" for k in RESUME_KEYS if then.get(k) != now[k]]
-    if ck.get("n_items") != n_items:
-        diff.append(f"training rows: {ck.get('n_items')} in the checkpoint, {n_items} now")
-    if diff:
-        raise ValueError(f"checkpoint {path} comes from a different run ({'; '.join(diff)}); "
-                         "resuming would not replay it: use another checkpoint path or resume=False")
-
-# %% ../nbs/12_train.ipynb 38
-def train_step(cfg: Config, net: torch.nn.Module, model: RetrievalModel, opt: torch.optim.Optimizer, sched,
-               scaler: torch.amp.GradScaler, x: torch.Tensor, texts: Sequence[str], sizes: Sequence[int]) -> float:
-    """One optimizer step on a global batch whose `texts` are all captions and `x` this process's shard."""
-    rank = dist.get_rank() if len(sizes) > 1 else 0
-    lo = sum(sizes[:rank])
-    device = model.logit_scale.device
-    autocast = (torch.autocast(device.type, dtype=torch.float16) if scaler.is_enabled() else contextlib.nullcontext())
-    with autocast:
-        img, txt = net(x.to(device), list(texts[lo:lo + sizes[rank]]))
-    img, txt = gather_embeddings(img.float(), txt.float(), sizes)
-    loss = alignment_loss(cfg, img, txt, model.logit_scale, texts)
+def train_step(cfg: Config, net: nn.Module, model: RetrievalModel, disc: nn.Module | None, opt, sched, scaler,
+               src_batch: dict, tgt_batch: dict | None, src_texts: Sequence[str], tgt_texts, src_sizes, tgt_sizes,
+               epoch: int, progress: float) -> dict:
+    """One optimizer step on a global batch whose rows this process holds a shard of; returns its logs."""
+    device = model.device
+    move = lambda b: {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
+    batch = {"source": move(src_batch)}
+    if tgt_batch is not None:
+        batch["target"] = move(tgt_batch)
+    with _autocast(cfg, device):
+        emb = net(batch)
+    src = _gather(emb["source"], src_sizes)
+    tgt = _gather(emb["target"], tgt_sizes) if tgt_batch is not None else None
+    loss, logs = step_losses(cfg, model, disc, src, tgt, src_texts, tgt_texts, epoch, progress)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     scaler.step(opt); scaler.update(); sched.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(100))
-    return loss.item()
+    return logs
 
-# %% ../nbs/12_train.ipynb 39
+# %% ../nbs/12_train.ipynb 18
+@torch.no_grad()
+def gallery_embeddings(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureBank,
+                       segments: Mapping | None = None, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image embeddings, caption embeddings, caption→image index) of a manifest or a feature bank, on CPU."""
+    model.eval()
+    fuse = cfg.use_sam and cfg.fuse_segments > 0
+    if isinstance(data, FeatureBank):
+        dev = model.device
+        img = torch.cat([model.embed_image_features(data.images[s:s + 256, 0].to(dev)).float().cpu()
+                         for s in range(0, len(data), 256)]) if len(data) else torch.zeros(0)
+        if fuse and data.segments is not None:
+            seg = model.embed_segment_features(data.segments[:, :cfg.num_seg].to(dev), data.segment_valid[:, :cfg.num_seg]).cpu()
+            img = torch.nn.functional.normalize(img + cfg.fuse_segments * seg, dim=-1)
+        txt = torch.cat([model.embed_text_features(data.text_features[s:s + 1024].to(dev)).float().cpu()
+                         for s in range(0, len(data.texts), 1024)])
+        return img, txt, data.text_owner
+    items = ImageItems(data, model.eval_transform, 0, segments if fuse else None, cfg.num_seg, with_text=False)
+    img = []
+    for s in range(0, len(items), batch_size):
+        b = collate([items[(0, i)] for i in range(s, min(s + batch_size, len(items)))])
+        e = model.encode_image(b["images"].to(model.device)).float()
+        if fuse:
+            e = torch.nn.functional.normalize(e + cfg.fuse_segments * model.encode_segments(
+                b["segments"].to(model.device), b["segment_valid"]).float(), dim=-1)
+        img.append(e.cpu())
+    texts, owner = caption_table(data)
+    return torch.cat(img), embed_texts(model, texts), owner
+
+def evaluate(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureBank, segments: Mapping | None = None) -> dict:
+    """R@1/5/10 both ways and mR of `model` on a manifest or feature bank."""
+    img, txt, owner = gallery_embeddings(cfg, model, data, segments)
+    return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size)
+
+# %% ../nbs/12_train.ipynb 20
+def make_items(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureBank, segments: Mapping | None = None,
+               with_text: bool = True, seed_offset: int = 0) -> torch.utils.data.Dataset:
+    """Training items of `data`: cached features for a `FeatureBank`, transformed pixels for a manifest."""
+    seed = cfg.seed + seed_offset
+    if isinstance(data, FeatureBank):
+        return FeatureItems(data, seed, cfg.num_seg, cfg.use_sam, with_text)
+    return ImageItems(data, model.train_transform, seed, segments if cfg.use_sam else None, cfg.num_seg,
+                      model.eval_transform, with_text)
+
 def _process_device(model: RetrievalModel, world: int) -> torch.device:
     """The model's device; under DDP on CUDA, this process's GPU (LOCAL_RANK), moving the model there."""
-    device = model.logit_scale.device
+    import os
+    device = model.device
     if world > 1 and device.type == "cuda":
         local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
         if device != local:
             model.to(local); device = local
     return device
 
+def _freeze_frozen_norms(model: nn.Module) -> None:
+    """Batch-norm layers with no trainable parameter go to eval mode (running statistics stay put)."""
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters()):
+            mod.eval()
+
 def _gather_rng(device: torch.device, world: int) -> list[dict]:
-    """Every process's RNG states, in rank order (a collective call under DDP)."""
     state = rng_state(device)
     if world == 1:
         return [state]
@@ -292,111 +290,127 @@ def _gather_rng(device: torch.device, world: int) -> list[dict]:
     return states
 
 def _remove_partial_saves(path: Path) -> None:
-    """Delete temporary files a process killed while saving `path` left next to it."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         log.warning(f"removing {tmp}, a partial save of {path.name} left by an interrupted run")
         tmp.unlink(missing_ok=True)
 
-def _local_shards(batches: Sequence[Sequence[int]], rank: int, world: int) -> list[list[int]]:
-    """This process's contiguous part of each global batch."""
-    out = []
-    for b in batches:
-        sizes = shard_sizes(len(b), world)
-        out.append(list(b[sum(sizes[:rank]):sum(sizes[:rank + 1])]))
-    return out
+def _show_progress(cfg: Config) -> bool:
+    return cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
 
-def _resume_state(path: Path, cfg: Config, n_items: int, model: RetrievalModel, opt, sched, scaler,
-                  order: torch.Generator) -> dict:
-    """Load a resumable checkpoint into the run's objects; returns the loop position it holds."""
-    ck = safe_torch_load(path)
-    check_resumable(ck, cfg, n_items, path)
-    restore_checkpoint(ck, model, opt, sched, scaler)
-    order.set_state(ck["sampler_state"])
-    return {k: ck[k] for k in ("epoch", "step", "global_step", "history", "epoch_losses", "elapsed", "rng")}
+def _loader(items, keys: list[list], num_workers: int, seed: int):
+    if not keys:
+        return [None] * 0
+    return torch.utils.data.DataLoader(items, batch_sampler=keys, num_workers=num_workers, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(seed))
 
-# %% ../nbs/12_train.ipynb 40
-def train(cfg: Config, model: RetrievalModel, train_df: pd.DataFrame, val_df: pd.DataFrame | None = None,
-          checkpoint: str | Path | None = None, resume: bool = False, checkpoint_every: int | None = None,
-          amp: bool | None = None, on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Fine-tune `model` on `train_df` (resumable; DDP under torchrun); returns per-epoch history."""
+def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, target: torch.utils.data.Dataset | None = None,
+          fine_tune: bool = False, val: pd.DataFrame | FeatureBank | None = None, checkpoint: str | Path | None = None,
+          resume: bool = False, on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Train `model` on `source` (towards `target` when fine-tuning); resumable, DDP under torchrun; per-epoch history."""
     rank, world = init_distributed()
     info = log.info if rank == 0 else (lambda msg: None)
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    set_trainable(model, cfg.trainable)
+    set_trainable(model, cfg.trainable, cfg.trainable_blocks)
     if cfg.loss != "infonce":
-        model.logit_scale.requires_grad_(False)    # no temperature in the loss: DDP must not wait for its gradient
+        model.logit_scale.requires_grad_(False)        # no temperature in the loss: DDP must not wait for its gradient
     device = _process_device(model, world)
-    every = int(checkpoint_every if checkpoint_every is not None else getattr(cfg, "checkpoint_every", 0) or 0)
-    use_amp = bool(amp if amp is not None else getattr(cfg, "amp", False)) and device.type == "cuda"
-    data = ReplayDataset(ManifestDataset(train_df, model.train_transform, seed=cfg.seed), cfg.seed)
+    epochs = cfg.da_epochs if fine_tune else cfg.epochs
+    bs, tb = (cfg.source_batch, cfg.target_batch if target is not None else 0) if fine_tune else (cfg.batch_size, 0)
     min_size = max(2, world)
-    per_epoch = len(data) // cfg.batch_size + (len(data) % cfg.batch_size >= min_size)
-    if cfg.batch_size < min_size or per_epoch == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} with {len(data)} training rows and {world} process(es): "
-                         f"need batch_size >= {min_size} and at least one full batch")
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay))
-    total = cfg.epochs * per_epoch
+    plans = [epoch_plan(len(source), len(target) if target is not None else 0, e, cfg.seed, bs, tb, min_size)
+             for e in range(epochs)]
+    total = sum(len(p) for p in plans)
+    if total == 0:
+        raise ValueError(f"no full batch: {len(source)} source rows (batch {bs})"
+                         + (f", {len(target)} target rows (batch {tb})" if tb else "") + f", {world} process(es)")
+    disc = None
+    if fine_tune and target is not None and cfg.adversarial:
+        disc = DomainDiscriminator(model.embed_dim, hidden=cfg.disc_hidden).to(device)
+    if fine_tune:
+        groups = [dict(params=[p for p in model.parameters() if p.requires_grad], lr=cfg.da_lr, weight_decay=cfg.weight_decay)]
+    else:
+        groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    if disc is not None:
+        groups.append(dict(params=list(disc.parameters()), lr=cfg.da_lr, weight_decay=cfg.weight_decay))
+    opt = torch.optim.AdamW(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, cfg.warmup_frac))
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    order = torch.Generator().manual_seed(cfg.seed)
+    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16" and device.type == "cuda"))
+    n_items = len(source) + (len(target) if target is not None else 0)
     if resume and not checkpoint:
         raise ValueError("resume=True needs checkpoint=<path of the run's checkpoint>")
     if checkpoint and rank == 0:
         _remove_partial_saves(Path(checkpoint))
-    history, epoch0, step0, gs, done_losses, elapsed, rngs = [], 0, 0, 0, [], 0.0, None
+    history, epoch0, step0, gs, done, elapsed, rngs = [], 0, 0, 0, [], 0.0, None
+    run_cfg = cfg.replace(epochs=epochs)
     if resume and Path(checkpoint).exists():
-        st = _resume_state(Path(checkpoint), cfg, len(data), model, opt, sched, scaler, order)
-        history, epoch0, step0, gs = list(st["history"]), st["epoch"], st["step"], st["global_step"]
-        done_losses, elapsed, rngs = list(st["epoch_losses"]), st["elapsed"], st["rng"]
-        if epoch0 >= cfg.epochs:
+        ck = safe_torch_load(checkpoint)
+        check_resumable(ck, run_cfg, n_items, checkpoint)
+        restore_checkpoint(ck, model, opt, sched, scaler, disc)
+        history, epoch0, step0, gs = list(ck["history"]), ck["epoch"], ck["step"], ck["global_step"]
+        done, elapsed, rngs = list(ck["epoch_logs"]), ck["elapsed"], ck["rng"]
+        if epoch0 >= epochs:
             info(f"checkpoint {checkpoint} is a finished run ({epoch0} epochs): weights loaded, nothing to train")
             return pd.DataFrame(history)
-        info(f"resuming from {checkpoint}: epoch {epoch0 + 1}/{cfg.epochs}, step {step0}/{per_epoch} "
-             f"(global step {gs}), written by {len(rngs)} process(es)")
+        info(f"resuming from {checkpoint}: epoch {epoch0 + 1}/{epochs}, step {step0} (global step {gs})")
     elif resume:
         info(f"no checkpoint at {checkpoint}: starting fresh")
     net = model
     if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    saving = f", checkpoint {checkpoint} at epoch ends" + (f" and every {every} steps" if every else "") if checkpoint else ""
-    info(f"training {model.name} (trainable={cfg.trainable}, loss={cfg.loss}) on {len(data)} rows: "
-         f"{cfg.epochs} epochs x {per_epoch} steps, global batch {cfg.batch_size} over {world} process(es) on "
-         f"{device.type}, amp={use_amp}{saving}")
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    kind = "features (frozen trunks)" if isinstance(source, FeatureItems) else "images"
+    info(f"training {model.name} ({'fine-tuning' if fine_tune else 'alignment'}, trainable={cfg.trainable}, loss={cfg.loss}, "
+         f"sam={cfg.use_sam}, curriculum={cfg.curriculum and fine_tune}, adversarial={disc is not None}) on {len(source)} "
+         f"source{f' + {len(target)} target' if tb else ''} {kind}: {epochs} epochs, {total} steps, batch {bs}"
+         f"{f' + {tb}' if tb else ''} over {world} process(es) on {device.type}, amp={cfg.amp}")
     if rngs is not None:
-        if len(rngs) != world:
-            log.warning(f"checkpoint written by {len(rngs)} process(es), resumed by {world}: RNG streams restart from rank 0's")
         set_rng_state(rngs[rank] if len(rngs) == world else rngs[0], device)
-    val_images = ManifestDataset(val_df, lambda im: im)._images if val_df is not None else None
     t0 = time.time()
 
-    def save(epoch_done: int, step: int, sampler_state: torch.Tensor, losses: list[float]) -> None:
+    def save(epoch_done: int, step: int, logs: list[dict]) -> None:
         rng = _gather_rng(device, world)
         if rank == 0:
-            save_checkpoint(checkpoint, model, opt, cfg, epoch_done, step, sched, scaler, state=dict(
-                global_step=gs, history=history, epoch_losses=losses, elapsed=elapsed + time.time() - t0,
-                sampler_state=sampler_state, rng=rng, n_items=len(data), world_size=world))
+            save_checkpoint(checkpoint, model, opt, run_cfg, epoch_done, step, sched, scaler, discriminator=disc, state=dict(
+                global_step=gs, history=history, epoch_logs=logs, elapsed=elapsed + time.time() - t0, rng=rng,
+                n_items=n_items, world_size=world))
 
-    for epoch in range(epoch0, cfg.epochs):
-        epoch_start = order.get_state()
-        batches = epoch_batches(len(data), cfg.batch_size, order, min_size)
+    for epoch in range(epoch0, epochs):
+        plan = plans[epoch]
         first = step0 if epoch == epoch0 else 0
-        losses = done_losses if epoch == epoch0 else []
+        logs = done if epoch == epoch0 else []
         net.train()
-        loader = epoch_loader(data, _local_shards(batches[first:], rank, world), epoch, cfg.num_workers)
-        for step, batch, (x, _, _) in zip(range(first, len(batches)), batches[first:], loader):
-            texts = [data.caption(epoch, i) for i in batch]
-            losses.append(train_step(cfg, net, model, opt, sched, scaler, x, texts, shard_sizes(len(batch), world)))
+        if disc is not None:
+            disc.train()
+        _freeze_frozen_norms(model)
+        src_keys = [[(epoch, i) for i in _shard(s, rank, world)] for s, _ in plan[first:]]
+        tgt_keys = [[(epoch, i) for i in _shard(t, rank, world)] for _, t in plan[first:]] if tb else []
+        src_loader = _loader(source, src_keys, cfg.num_workers, cfg.seed)
+        tgt_loader = _loader(target, tgt_keys, cfg.num_workers, cfg.seed) if tb else [None] * len(src_keys)
+        bar = tqdm(total=len(plan), initial=first, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not (_show_progress(cfg) and rank == 0))
+        for step, (s, t), sb, tbatch in zip(range(first, len(plan)), plan[first:], src_loader, tgt_loader):
+            src_texts = [source.caption(epoch, i) for i in s]
+            tgt_texts = [target.caption(epoch, i) for i in t] if tb else None
+            logs.append(train_step(cfg, net, model, disc, opt, sched, scaler, sb, tbatch, src_texts, tgt_texts,
+                                   shard_sizes(len(s), world), shard_sizes(len(t), world) if tb else None,
+                                   epoch, gs / max(1, total - 1)))
             gs += 1
-            if checkpoint and every and gs % every == 0 and step + 1 < len(batches):
-                save(epoch, step + 1, epoch_start, losses)
+            bar.update(1); bar.set_postfix(loss=f"{logs[-1]['loss']:.3f}")
+            if checkpoint and cfg.checkpoint_every and gs % cfg.checkpoint_every == 0 and step + 1 < len(plan):
+                save(epoch, step + 1, logs)
             if on_step is not None:
-                on_step(dict(epoch=epoch, step=step + 1, global_step=gs, loss=losses[-1]))
-        row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), seconds=elapsed + time.time() - t0)
-        if val_df is not None:
-            row["val_mR"] = evaluate(model, val_df, cfg.eval_block_size, val_images)["mR"]
+                on_step(dict(epoch=epoch, step=step + 1, global_step=gs, loss=logs[-1]["loss"]))
+        bar.close()
+        keys = sorted({k for lg in logs for k in lg})
+        row = dict(epoch=epoch + 1, steps=len(logs), **{k: float(np.mean([lg[k] for lg in logs if k in lg])) for k in keys})
+        if fine_tune:
+            row["source_ratio"] = source_ratio(cfg, epoch) if tb else 1.0
+        row["seconds"] = elapsed + time.time() - t0
+        if val is not None:
+            row["val_mR"] = evaluate(cfg, model, val)["mR"]
         history.append(row)
         info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if checkpoint:
-            save(epoch + 1, 0, order.get_state(), [])
+            save(epoch + 1, 0, [])
     return pd.DataFrame(history)
