@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import sys
 import time
@@ -14,12 +15,12 @@ from typing import Sequence
 import nbformat
 import pandas as pd
 
-from .core import Config, atomic_write, get_logger, git_sha, paths
+from .core import Config, Registry, atomic_write, get_logger, git_sha, paths
 from .data import load_karpathy_json, load_urbancross_country, read_manifest
 
 # %% auto 0
-__all__ = ['log', 'data_root', 'load_profile_data', 'profile_segments', 'adaptation_bank', 'write_results', 'parameters_cells',
-           'experiment_notebooks', 'literal_parameters', 'run_all', 'main']
+__all__ = ['log', 'DATASETS', 'data_root', 'load_profile_data', 'profile_segments', 'profile_bank', 'write_results',
+           'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'run_all', 'parse_settings', 'main']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
@@ -29,39 +30,47 @@ def data_root(cfg: Config) -> Path:
     """Where the real datasets live: `cfg.data_root` or `data/raw`."""
     return Path(cfg.data_root) if cfg.data_root else paths()["data"] / "raw"
 
+DATASETS = Registry("dataset")
+
+@DATASETS.register("embedded")
+def _embedded(cfg: Config, root: Path) -> pd.DataFrame:
+    from urbancross.embedded import ensure_embedded
+    df = read_manifest(ensure_embedded(images_per_domain=cfg.images_per_domain, image_size=cfg.tile_size, seed=0))
+    return df[df.domain.isin(cfg.domains)].reset_index(drop=True)
+
+@DATASETS.register("urbancross")
+def _urbancross(cfg: Config, root: Path) -> pd.DataFrame:
+    return pd.concat([load_urbancross_country(root, d, seed=cfg.seed) for d in cfg.domains], ignore_index=True)
+
+for _name, _file in (("rsicd", "dataset_rsicd.json"), ("rsitmd", "dataset_RSITMD.json")):
+    def _karpathy(cfg: Config, root: Path, _name=_name, _file=_file) -> pd.DataFrame:
+        return load_karpathy_json(root / _name.upper() / _file, root / _name.upper() / "images", _name, seed=cfg.seed)
+    DATASETS.register(_name, _karpathy)
+
 def load_profile_data(cfg: Config) -> pd.DataFrame:
-    """The manifest of `cfg.data_source` restricted to `cfg.domains` (where they apply)."""
-    src, root = cfg.data_source, data_root(cfg)
-    if src == "embedded":
-        from urbancross.embedded import ensure_embedded
-        df = read_manifest(ensure_embedded(images_per_domain=cfg.images_per_domain, image_size=cfg.tile_size, seed=0))
-        return df[df.domain.isin(cfg.domains)].reset_index(drop=True)
-    if src == "urbancross":
-        return pd.concat([load_urbancross_country(root, d, seed=cfg.seed) for d in cfg.domains], ignore_index=True)
-    if src in ("rsicd", "rsitmd"):
-        name = {"rsicd": "dataset_rsicd.json", "rsitmd": "dataset_RSITMD.json"}[src]
-        return load_karpathy_json(root / src.upper() / name, root / src.upper() / "images", src, seed=cfg.seed)
-    raise ValueError(f"data_source={src!r}; choose 'embedded', 'urbancross', 'rsicd' or 'rsitmd'")
+    """The manifest of `cfg.data_source` (a name in `DATASETS`) restricted to `cfg.domains` where they apply."""
+    return DATASETS.get(cfg.data_source)(cfg, data_root(cfg))
 
 # %% ../nbs/14_experiment.ipynb 10
 def profile_segments(cfg: Config, df: pd.DataFrame, cache_root: str | Path | None = None) -> tuple[dict, dict]:
     """{image_id: (crops, valid)} of the first `cfg.num_seg_stored` segments of every image, and cache stats."""
-    from urbancross.segments import SamParams, SegmentCache, SegmentConfig, make_segmenter, read_segments, segment_manifest
+    from urbancross.segments import SegmentCache, read_segments, segment_config, segment_manifest, segmenter_from_config
     root = Path(cache_root) if cache_root else paths()["cache"]
-    seg = make_segmenter(cfg.segmenter, cfg.sam_checkpoint or None, sam=SamParams(model_type=cfg.sam_model_type))
-    table, stats = segment_manifest(df, seg, SegmentCache(root / "segments"), cfg.num_seg_stored,
-                                    SegmentConfig(num_stored=cfg.num_seg_stored, crop_size=cfg.segment_size))
+    table, stats = segment_manifest(df, segmenter_from_config(cfg), SegmentCache(root / "segments"), cfg.num_seg_stored,
+                                    segment_config(cfg))
     log.info(f"segments: {stats['images']} images, {stats['hits']} cache hits, {stats['misses']} computed "
              f"in {stats['seconds']:.1f} s")
     return {i: read_segments(p, cfg.num_seg_stored) for i, p in zip(table.image_id, table.segment_path)}, stats
 
-def adaptation_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None) -> tuple:
-    """(FeatureBank with segments, the model whose frozen towers made it) for the manifest `df`."""
+def profile_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None,
+                 segments: dict | None = None) -> tuple:
+    """(FeatureBank with segments, the model whose frozen trunks made it) for the manifest `df`."""
     from urbancross.features import feature_bank
     from urbancross.towers import build_model
     root = Path(cache_root) if cache_root else paths()["cache"]
     model = model if model is not None else build_model(cfg)
-    segments, _ = profile_segments(cfg, df, root)
+    if segments is None:
+        segments, _ = profile_segments(cfg, df, root)
     return feature_bank(cfg, model, df, root / "features", segments), model
 
 # %% ../nbs/14_experiment.ipynb 15
@@ -86,11 +95,11 @@ def parameters_cells(nb_path: str | Path) -> list[int]:
     return [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
 
 def experiment_notebooks(nbs_dir: str | Path | None = None) -> list[Path]:
-    """Numbered notebooks from `10_` up that have a parameters cell, in run order."""
+    """Numbered notebooks from `20_` up that have a parameters cell, in run order."""
     nbs_dir = Path(nbs_dir) if nbs_dir else paths()["root"] / "nbs"
     out = []
     for p in sorted(nbs_dir.glob("[0-9][0-9]_*.ipynb")):
-        if int(p.name[:2]) >= 10 and parameters_cells(p):
+        if int(p.name[:2]) >= 20 and parameters_cells(p):
             out.append(p)
     return out
 
@@ -112,7 +121,7 @@ def literal_parameters(nb_path: str | Path) -> dict:
 
 # %% ../nbs/14_experiment.ipynb 19
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
-            out_dir: str | Path | None = None) -> list[dict]:
+            out_dir: str | Path | None = None, overrides: dict | None = None) -> list[dict]:
     """Run experiment notebooks in order with papermill; stop at the first failure."""
     import papermill as pm
     nbs = [Path(n) for n in notebooks] if notebooks else experiment_notebooks()
@@ -123,7 +132,7 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
         print(f"[{k}/{len(nbs)}] {nb.name} (profile={profile}) ...", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=dict(profile=profile),
+            pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=dict(profile=profile, overrides=dict(overrides or {})),
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as e:
             first = (e.source or "").strip().splitlines()[:1]
@@ -136,16 +145,41 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
     print(f"all {len(nbs)} notebooks done in {time.time() - t_all:.0f} s (profile={profile})", flush=True)
     return done
 
+def parse_settings(items: Sequence[str]) -> dict:
+    """`["key=value", ...]` as typed `Config` overrides; unknown keys and ill-typed values are errors."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        if key not in fields:
+            raise ValueError(f"--set {key}: not a Config field; choose one of {sorted(fields)}")
+        default = fields[key].default
+        try:
+            value = ast.literal_eval(raw) if not isinstance(default, str) else raw
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--set {key}={raw!r}: not a {type(default).__name__}") from None
+        if isinstance(default, bool) != isinstance(value, bool) or (isinstance(default, (int, float)) and not isinstance(value, (int, float))):
+            raise ValueError(f"--set {key}={raw!r}: expected a {type(default).__name__}")
+        out[key] = tuple(value) if isinstance(default, tuple) else (float(value) if isinstance(default, float) else value)
+    return out
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m urbancross.experiment --profile smoke [--only NAME ...]`."""
+    """Command line: `python -m urbancross.experiment --profile smoke [--only NAME ...] [--set key=value ...]`."""
     ap = argparse.ArgumentParser(description="Run every UrbanCross experiment notebook with papermill.")
     ap.add_argument("--profile", default="smoke", choices=["smoke", "paper"])
     ap.add_argument("--only", nargs="*", help="notebook names to run (default: all experiment notebooks)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Config overrides, e.g. data_root=/data")
     a = ap.parse_args(argv)
+    overrides = parse_settings(a.set)
     nbs = experiment_notebooks()
     if a.only:
+        unknown = [o for o in a.only if not any(o in (p.name, p.stem) for p in nbs)]
+        if unknown:
+            raise SystemExit(f"--only {unknown}: no such experiment notebook; choose from {[p.stem for p in nbs]}")
         nbs = [p for p in nbs if p.name in a.only or p.stem in a.only]
-    run_all(a.profile, nbs)
+    run_all(a.profile, nbs, overrides=overrides)
 
 if __name__ == "__main__" and "IPython" not in sys.modules:   # run as a script, not in a notebook
     main()

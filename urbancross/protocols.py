@@ -4,222 +4,117 @@
 from __future__ import annotations
 
 import copy
-import math
-import time
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .adversarial import DomainDiscriminator, grl_lambda, sample_weights, weighted_adversarial_loss
-from .core import Config, get_logger, seed_everything
-from .curriculum import CurriculumSampler, curriculum_schedule, target_similarity_scores
-from .features import FeatureBank, _split_image_tower
-from .metrics import retrieval_metrics
+from .adversarial import domain_probe_accuracy
+from .core import Config, Registry, get_logger
+from .data import make_splits
+from .features import FeatureBank
+from .train import evaluate, gallery_embeddings, make_items, train
 from .towers import RetrievalModel
-from .train import pair_loss, same_text_mask, warmup_cosine
 
 # %% auto 0
-__all__ = ['log', 'PROTOCOLS', 'masked_mean', 'AlignmentHeads', 'heads_from_model', 'urbancross_loss', 'bank_embeddings',
-           'evaluate_heads', 'fit_heads', 'protocol_config', 'run_protocol']
+__all__ = ['log', 'PROTOCOLS', 'Protocol', 'protocol_table', 'protocol_config', 'part', 'target_parts', 'domain_probe',
+           'run_protocol']
 
 # %% ../nbs/13_protocols.ipynb 4
-log = get_logger("urbancross.adapt")
-PROTOCOLS = ("source-only", "curriculum", "adversarial", "urbancross", "target fine-tuning")
+log = get_logger("urbancross.protocols")
 
 # %% ../nbs/13_protocols.ipynb 6
-def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of `x [B, K, D]` over the slots where `valid [B, K]` is True (zeros where none is)."""
-    w = valid.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+@dataclass(frozen=True)
+class Protocol:
+    """What one cross-domain run trains on and which UrbanCross modules it switches on."""
+    family: str                      # 'baseline' | 'paper' | 'unsupervised'
+    train_on: str                    # 'none' | 'source+target' | 'target' (the 20 % slice) | 'target-all' (slice + val)
+    description: str
+    target_captions: bool = True     # the slice's captions rank the source rows (else its images do)
+    target_text_loss: bool = False   # ... and are also a retrieval loss
+    select_source: bool = False
+    curriculum: bool = False
+    adversarial: bool = False
 
-class AlignmentHeads(nn.Module):
-    """Image, segment and text projections into the shared space, plus the temperature."""
-    def __init__(self, image_head: nn.Module, text_head: nn.Module, logit_scale: float = math.log(1 / 0.07),
-                 segment_tower: str = "separate"):
-        super().__init__()
-        if segment_tower not in ("separate", "shared"):
-            raise ValueError(f"segment_tower={segment_tower!r}; choose 'separate' or 'shared'")
-        self.image_head, self.text_head = image_head, text_head
-        self.segment_head = image_head if segment_tower == "shared" else copy.deepcopy(image_head)
-        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
+PROTOCOLS = Registry("protocol")
+PROTOCOLS.register("zero-shot transfer", Protocol("baseline", "none", "source checkpoint on the target, no fine-tuning"))
+PROTOCOLS.register("target-only (20 %)", Protocol("baseline", "target", "pretrained model trained on the 20 % slice only"))
+PROTOCOLS.register("target 30 % (upper bound)", Protocol("baseline", "target-all", "pretrained model trained on all non-test target images"))
+for _fam, _caps in (("paper", True), ("unsupervised", False)):
+    _by = "slice captions" if _caps else "slice images"
+    PROTOCOLS.register(f"{_fam}: w/o DA", Protocol(_fam, "source+target", f"source checkpoint fine-tuned on source + slice, both modules off", _caps))
+    PROTOCOLS.register(f"{_fam}: curriculum only", Protocol(_fam, "source+target", f"admission growing 20 %/epoch, ranked by {_by}", _caps,
+                                                           select_source=True, curriculum=True))
+    PROTOCOLS.register(f"{_fam}: w/o curriculum", Protocol(_fam, "source+target", f"fixed 20 % admission ranked by {_by} + weighted adversarial", _caps,
+                                                          select_source=True, adversarial=True))
+    PROTOCOLS.register(f"{_fam}: UrbanCross", Protocol(_fam, "source+target", f"curriculum + weighted adversarial, ranked by {_by}", _caps,
+                                                      select_source=True, curriculum=True, adversarial=True))
+PROTOCOLS.register("paper: UrbanCross + slice captions in loss",
+                   Protocol("paper", "source+target", "UrbanCross, and the slice's captions also in the retrieval loss", True, True, True, True, True))
 
-    def image(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_head(f), dim=-1)
+def protocol_table() -> pd.DataFrame:
+    """The registered protocols, one row each."""
+    return pd.DataFrame([{"protocol": k, **asdict(v)} for k, v in PROTOCOLS.items()])
 
-    def text(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_head(f), dim=-1)
-
-    def segments(self, f: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Pooled segment embedding per image: mean over valid slots of the normalised slot embeddings."""
-        per_slot = F.normalize(self.segment_head(f), dim=-1)
-        return F.normalize(masked_mean(per_slot, valid), dim=-1)
-
-def heads_from_model(model: RetrievalModel, segment_tower: str = "separate", seed: int = 0) -> AlignmentHeads:
-    """Copies of the model's projections, re-initialised from `seed` (the towers stay frozen elsewhere)."""
-    _, image_head = _split_image_tower(model)
-    heads = AlignmentHeads(copy.deepcopy(image_head), copy.deepcopy(model.clip.text.proj),
-                           float(model.logit_scale.detach()), segment_tower)
-    g = torch.Generator().manual_seed(seed)
-    for mod in heads.modules():
-        if isinstance(mod, nn.Linear):
-            bound = 1 / math.sqrt(mod.in_features)
-            with torch.no_grad():
-                mod.weight.copy_(torch.empty_like(mod.weight).uniform_(-bound, bound, generator=g))
-                if mod.bias is not None:
-                    mod.bias.zero_()
-    return heads
+def protocol_config(cfg: Config, name: str) -> Config:
+    """`cfg` with the switches of protocol `name`."""
+    p = PROTOCOLS.get(name)
+    return cfg.replace(select_source=p.select_source, curriculum=p.curriculum, adversarial=p.adversarial,
+                       target_captions=p.target_captions, target_text_loss=p.target_text_loss)
 
 # %% ../nbs/13_protocols.ipynb 10
-def urbancross_loss(cfg: Config, heads: AlignmentHeads, img: torch.Tensor, txt: torch.Tensor, texts: Sequence[str],
-                    seg: torch.Tensor | None = None, seg_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Weighted image–text (+ segment–text, image–segment when `cfg.use_sam`) loss and its parts."""
-    mask = same_text_mask(texts)
-    parts = {"it": pair_loss(cfg, img, txt, heads.logit_scale, mask)}
-    if cfg.use_sam and seg is not None:
-        has = seg_valid.any(1)
-        if int(has.sum()) >= 2:
-            s = heads.segments(seg[has], seg_valid[has])
-            parts["st"] = pair_loss(cfg, s, txt[has], heads.logit_scale, mask[has][:, has])
-            parts["is"] = pair_loss(cfg, img[has], s, heads.logit_scale)
-    w = {"it": cfg.w_image_text, "st": cfg.w_segment_text, "is": cfg.w_image_segment}
-    total = sum(w[k] * v for k, v in parts.items())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+def part(data: pd.DataFrame | FeatureBank, ids: Sequence[str]) -> pd.DataFrame | FeatureBank:
+    """The images `ids` of a manifest or feature bank, in the data's own order."""
+    keep = set(ids)
+    if isinstance(data, FeatureBank):
+        return data.subset([i for i, x in enumerate(data.image_ids) if x in keep])
+    return data[data.image_id.isin(keep)].reset_index(drop=True)
 
-# %% ../nbs/13_protocols.ipynb 14
-@torch.no_grad()
-def bank_embeddings(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, idx: Sequence[int]) -> tuple:
-    """(image embeddings, text embeddings, caption→image index) of the images `idx` of `bank`."""
-    heads.eval()
-    sub = bank.subset(idx)
-    img = heads.image(sub.images[:, 0])
-    if cfg.use_sam and cfg.fuse_segments > 0 and sub.segments is not None:
-        k = cfg.num_seg
-        img = F.normalize(img + cfg.fuse_segments * heads.segments(sub.segments[:, :k], sub.segment_valid[:, :k]), dim=-1)
-    return img, heads.text(sub.text_features), sub.text_owner
+def _ids(data: pd.DataFrame | FeatureBank) -> list[str]:
+    return list(data.image_ids) if isinstance(data, FeatureBank) else list(data.image_id)
 
-def evaluate_heads(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, idx: Sequence[int]) -> dict:
-    """R@1/5/10 both ways and mR on the images `idx` and their captions."""
-    img, txt, owner = bank_embeddings(cfg, heads, bank, idx)
-    return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size)
+def target_parts(cfg: Config, target: pd.DataFrame | FeatureBank, seed: int) -> dict:
+    """{'finetune', 'finetune_val', 'test'} parts of a target domain's images (`cfg.target_split`)."""
+    names = make_splits(_ids(target), seed, tuple(cfg.target_split))
+    rename = {"train": "finetune", "val": "finetune_val", "test": "test"}
+    return {rename[s]: part(target, [i for i, v in names.items() if v == s]) for s in ("train", "val", "test")}
 
-# %% ../nbs/13_protocols.ipynb 16
-def _scores(cfg: Config, bank: FeatureBank, train_idx: np.ndarray, target_idx: np.ndarray) -> torch.Tensor:
-    """Target-likeness of every training image from frozen features (image, text or both)."""
-    def img(i):
-        return bank.images[i, 0]
-    def txt(i):
-        owner = bank.text_owner
-        return torch.stack([bank.text_features[owner == j].mean(0) for j in i])
-    if cfg.curriculum_score == "image":
-        return target_similarity_scores(img(train_idx), img(target_idx))
-    if cfg.curriculum_score == "text":
-        return target_similarity_scores(txt(train_idx), txt(target_idx))
-    if cfg.curriculum_score == "both":
-        return (target_similarity_scores(img(train_idx), img(target_idx))
-                + target_similarity_scores(txt(train_idx), txt(target_idx))) / 2
-    raise ValueError(f"curriculum_score={cfg.curriculum_score!r}; choose 'image', 'text' or 'both'")
+# %% ../nbs/13_protocols.ipynb 12
+def domain_probe(cfg: Config, model: RetrievalModel, source: pd.DataFrame | FeatureBank,
+                 target: pd.DataFrame | FeatureBank, segments: Mapping | None = None, seed: int = 0) -> float:
+    """Balanced accuracy of a fresh linear probe telling source from target image embeddings."""
+    c = cfg.replace(fuse_segments=0.0)
+    src, _, _ = gallery_embeddings(c, model, source, segments)
+    tgt, _, _ = gallery_embeddings(c, model, target, segments)
+    return domain_probe_accuracy(src, tgt, seed=seed)
 
-def _batches(cfg: Config, n: int, epoch: int, rng: np.random.Generator, sampler=None) -> list:
-    """Positions (into the training list) of each batch of one epoch; a last batch of 1 is dropped."""
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-        order = np.fromiter(iter(sampler), dtype=np.int64)
-    else:
-        order = rng.permutation(n)
-    out = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
-    return [b for b in out if len(b) > 1]
+def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
+                 source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
+    """Train `model` under protocol `name`; (metrics on the target test part, history)."""
+    p, c = PROTOCOLS.get(name), protocol_config(cfg, name)
+    model.load_state_dict(pretrained_state if p.train_on in ("target", "target-all") else source_state)
+    hist = pd.DataFrame()
+    if p.train_on == "source+target":
+        tgt = make_items(c, model, parts["finetune"], segments, with_text=p.target_captions, seed_offset=1)
+        hist = train(c, model, make_items(c, model, source, segments), tgt, fine_tune=True)
+    elif p.train_on == "target":
+        hist = train(c, model, make_items(c, model, parts["finetune"], segments))
+    elif p.train_on == "target-all":
+        both = _concat(parts["finetune"], parts["finetune_val"])
+        hist = train(c, model, make_items(c, model, both, segments))
+    elif p.train_on != "none":
+        raise ValueError(f"protocol {name!r}: train_on={p.train_on!r} is not known")
+    metrics = evaluate(c, model, parts["test"], segments)
+    metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)
+    return metrics, hist
 
-def fit_heads(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, train_idx: Sequence[int],
-              target_idx: Sequence[int] | None = None) -> pd.DataFrame:
-    """Train `heads` on `train_idx` (labelled), adapting toward unlabeled `target_idx`; per-epoch history."""
-    rng = seed_everything(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    train_idx = np.asarray(train_idx)
-    target_idx = None if target_idx is None else np.asarray(target_idx)
-    if (cfg.curriculum or cfg.adversarial) and (target_idx is None or len(target_idx) < 2):
-        raise ValueError("curriculum / adversarial training needs target_idx (unlabeled target images)")
-    owner = bank.text_owner.numpy()
-    captions_of = {i: np.flatnonzero(owner == i) for i in train_idx}
-    k = cfg.num_seg
-    scores = _scores(cfg, bank, train_idx, target_idx) if (cfg.curriculum or cfg.adv_weighting == "curriculum") and target_idx is not None else None
-    sampler = None
-    if cfg.curriculum:
-        sampler = CurriculumSampler(scores, curriculum_schedule(cfg.head_epochs, cfg.curriculum_start, cfg.curriculum_step), seed=cfg.seed)
-    disc = DomainDiscriminator(heads.image_head(bank.images[:1, 0]).shape[-1], hidden=cfg.disc_hidden) if cfg.adversarial else None
-    params = list(heads.parameters()) + (list(disc.parameters()) if disc is not None else [])
-    opt = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = [len(_batches(cfg, len(train_idx), e, np.random.default_rng(0), sampler)) for e in range(cfg.head_epochs)]
-    total, step = sum(steps_per_epoch), 0
-    history, t0 = [], time.time()
-    for epoch in range(cfg.head_epochs):
-        heads.train()
-        if disc is not None:
-            disc.train()
-        logs: dict[str, list] = {}
-        for pos in _batches(cfg, len(train_idx), epoch, rng, sampler):
-            ids = train_idx[pos]
-            views = torch.as_tensor(rng.integers(0, bank.images.shape[1], len(ids)))
-            cap = np.array([rng.choice(captions_of[i]) for i in ids])
-            img = heads.image(bank.images[torch.as_tensor(ids), views])
-            txt = heads.text(bank.text_features[torch.as_tensor(cap)])
-            seg = valid = None
-            if cfg.use_sam and bank.segments is not None:
-                seg, valid = bank.segments[torch.as_tensor(ids), :k], bank.segment_valid[torch.as_tensor(ids), :k]
-            loss, parts = urbancross_loss(cfg, heads, img, txt, [bank.texts[c] for c in cap], seg, valid)
-            if disc is not None:
-                tb = rng.choice(target_idx, size=min(len(target_idx), len(ids)), replace=False)
-                tv = torch.as_tensor(rng.integers(0, bank.images.shape[1], len(tb)))
-                timg = heads.image(bank.images[torch.as_tensor(tb), tv])
-                lam = grl_lambda(step / max(1, total - 1), cfg.adv_gamma)
-                w = None
-                if cfg.adv_weighting == "entropy":
-                    with torch.no_grad():
-                        w = sample_weights(disc(img.detach()))
-                elif cfg.adv_weighting == "curriculum":
-                    w = sample_weights(None, scores=scores[pos])
-                adv = weighted_adversarial_loss(disc, img, timg, lam, src_weights=w)
-                loss = loss + cfg.adv_weight * adv
-                parts["adv"] = float(adv)
-            for g in opt.param_groups:
-                g["lr"] = cfg.head_lr * warmup_cosine(step, total, cfg.warmup_frac)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step(); step += 1
-            with torch.no_grad():
-                heads.logit_scale.clamp_(0, math.log(100))
-            for key, v in {"loss": float(loss), **parts}.items():
-                logs.setdefault(key, []).append(v)
-        row = {"epoch": epoch + 1, "n_source": int(sum(len(b) for b in _batches(cfg, len(train_idx), epoch, np.random.default_rng(0), sampler))),
-               **{k_: float(np.mean(v)) for k_, v in logs.items()}, "seconds": time.time() - t0}
-        history.append(row)
-    return pd.DataFrame(history)
-
-# %% ../nbs/13_protocols.ipynb 18
-def protocol_config(cfg: Config, protocol: str) -> Config:
-    """`cfg` with the curriculum / adversarial switches of `protocol`."""
-    flags = {"source-only": (False, False), "curriculum": (True, False), "adversarial": (False, True),
-             "urbancross": (True, True), "target fine-tuning": (False, False)}
-    if protocol not in flags:
-        raise ValueError(f"protocol={protocol!r}; choose one of {PROTOCOLS}")
-    cur, adv = flags[protocol]
-    return cfg.replace(curriculum=cur, adversarial=adv)
-
-def run_protocol(cfg: Config, heads: AlignmentHeads, bank: FeatureBank, sources: Sequence[str], target: str,
-                 protocol: str) -> tuple[dict, pd.DataFrame]:
-    """Train `heads` under `protocol` from `sources` to `target`; (target test metrics, history)."""
-    c = protocol_config(cfg, protocol)
-    tgt_train = bank.select(domain=target, split="train")
-    src_train = np.concatenate([bank.select(domain=s, split="train") for s in sources])
-    if protocol == "target fine-tuning":
-        labelled, unlabeled = tgt_train, None
-    else:
-        rng = np.random.default_rng(cfg.seed + 1)
-        n_lab = int(round(cfg.target_caption_frac * len(tgt_train)))
-        lab_t = rng.choice(tgt_train, size=n_lab, replace=False) if n_lab else np.array([], dtype=np.int64)
-        labelled, unlabeled = np.concatenate([src_train, lab_t]), tgt_train
-    hist = fit_heads(c, heads, bank, labelled, unlabeled if (c.curriculum or c.adversarial) else None)
-    return evaluate_heads(c, heads, bank, bank.select(domain=target, split="test")), hist
+def _concat(a: pd.DataFrame | FeatureBank, b: pd.DataFrame | FeatureBank) -> pd.DataFrame | FeatureBank:
+    if isinstance(a, FeatureBank):
+        return FeatureBank(a.image_ids + b.image_ids, a.domains + b.domains, a.splits + b.splits,
+                           torch.cat([a.images, b.images]), a.texts + b.texts, torch.cat([a.text_features, b.text_features]),
+                           torch.cat([a.text_owner, b.text_owner + len(a)]),
+                           None if a.segments is None else torch.cat([a.segments, b.segments]),
+                           None if a.segment_valid is None else torch.cat([a.segment_valid, b.segment_valid]))
+    return pd.concat([a, b], ignore_index=True)
