@@ -11,7 +11,7 @@ import math
 import struct
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,11 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from .core import atomic_write, get_logger
 
 # %% auto 0
-__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'validate_manifest', 'make_manifest', 'clip_caption',
-           'write_manifest', 'read_utf8', 'read_manifest', 'ImageLoadError', 'load_image', 'make_splits',
-           'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums', 'duplicate_caption_report',
-           'load_urbancross_country', 'make_urbancross_fixture', 'load_karpathy_json', 'make_karpathy_fixture',
-           'ManifestDataset', 'caption_table']
+__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'COUNTRY_BOUNDS', 'validate_manifest', 'make_manifest',
+           'clip_caption', 'write_manifest', 'read_utf8', 'read_manifest', 'ImageLoadError', 'load_image',
+           'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
+           'duplicate_caption_report', 'LatLonBox', 'load_urbancross_country', 'make_urbancross_fixture',
+           'load_karpathy_json', 'make_karpathy_fixture', 'ManifestDataset', 'caption_table']
 
 # %% ../nbs/01_data.ipynb 4
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "domain", "lat", "lon", "split", "tags"]
@@ -319,6 +319,18 @@ def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
     return g[g.n_images > 1].sort_values("n_images", ascending=False).reset_index()
 
 # %% ../nbs/01_data.ipynb 39
+class LatLonBox(NamedTuple):
+    """A latitude/longitude box in degrees: `lat` = (south, north), `lon` = (west, east)."""
+    lat: tuple[float, float]
+    lon: tuple[float, float]
+
+COUNTRY_BOUNDS: dict[str, LatLonBox] = {
+    "finland": LatLonBox(lat=(59.8, 70.1), lon=(20.5, 31.6)),
+    "germany": LatLonBox(lat=(47.3, 55.1), lon=(5.9, 15.0)),
+    "spain": LatLonBox(lat=(36.0, 43.8), lon=(-9.3, 3.3)),
+}
+
+# %% ../nbs/01_data.ipynb 42
 def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
     """Extract `zip_path` into `dest` once, atomically (a `.complete` marker says it finished)."""
     marker = dest / ".complete"
@@ -340,7 +352,7 @@ def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
         import shutil; shutil.rmtree(tmp)
     return dest
 
-# %% ../nbs/01_data.ipynb 40
+# %% ../nbs/01_data.ipynb 43
 def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
                             check_images: bool = True) -> pd.DataFrame:
     """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
@@ -396,7 +408,7 @@ def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
                          tags=e.get("tags", "")))
     return validate_manifest(make_manifest(rows), str(csv))
 
-# %% ../nbs/01_data.ipynb 42
+# %% ../nbs/01_data.ipynb 45
 def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int = 4) -> Path:
     """Write a tiny dataset in the UrbanCross release layout (for tests and examples)."""
     folder = Path(root) / country; folder.mkdir(parents=True, exist_ok=True)
@@ -410,7 +422,7 @@ def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int =
                  ).to_csv(folder / f"instructblip_generation_{country.lower()}_refine.csv", index=False)
     return folder
 
-# %% ../nbs/01_data.ipynb 47
+# %% ../nbs/01_data.ipynb 50
 def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: str, seed: int = 0,
                        check_images: bool = True) -> pd.DataFrame:
     """Manifest of an RSICD/RSITMD-style caption JSON."""
@@ -442,7 +454,7 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
     _warn_clipped(json_path, clipped)
     return validate_manifest(make_manifest(rows), str(json_path))
 
-# %% ../nbs/01_data.ipynb 48
+# %% ../nbs/01_data.ipynb 51
 def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n: int = 3) -> tuple[Path, Path]:
     """Write a tiny RSICD/RSITMD-format dataset (for tests and examples)."""
     root = Path(root); (root / "images").mkdir(parents=True, exist_ok=True)
@@ -456,7 +468,7 @@ def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n:
     (root / name).write_text(json.dumps({"images": items, "dataset": name}))
     return root / name, root / "images"
 
-# %% ../nbs/01_data.ipynb 51
+# %% ../nbs/01_data.ipynb 54
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
     def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = True):
@@ -476,7 +488,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         caps = self.df.captions[i]
         return self.transform(self.image(i)), caps[int(self.rng.integers(len(caps)))], i
 
-# %% ../nbs/01_data.ipynb 52
+# %% ../nbs/01_data.ipynb 55
 def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """All captions of a manifest and, for each, the row index of its image."""
     texts, owner = [], []
