@@ -190,12 +190,13 @@ class Config:
 
 # %% ../nbs/00_core.ipynb 22
 PROFILES: dict[str, dict] = {
-    "smoke": dict(),
+    # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule
+    "smoke": dict(trainable="heads", epochs=15, lr=1e-3, da_lr=1e-3, source_batch=40, target_batch=8),
     # authors' scripts: ViT-L-14 laion2B-s32B-b82K at paper time (ViT-B-16 at release), train lr 1e-5,
     # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",
                   image_size=224, context_length=77, epochs=20, batch_size=40, lr=1e-5, lr_backbone=1e-5,
-                  weight_decay=0.2, amp="bf16", num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
+                  weight_decay=0.2, amp="bf16", trainable="all", num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
                   sam_checkpoint="data/checkpoints/sam_vit_h_4b8939.pth", segment_size=224,
                   lmm_model="Salesforce/instructblip-vicuna-7b", da_epochs=5, da_lr=1e-7,
                   source_batch=80, target_batch=16),

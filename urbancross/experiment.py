@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Sequence
 
 import nbformat
+import numpy as np
 import pandas as pd
 
 from .core import Config, Registry, atomic_write, get_logger, git_sha, paths
 from .data import load_karpathy_json, load_urbancross_country, read_manifest
 
 # %% auto 0
-__all__ = ['log', 'DATASETS', 'data_root', 'load_profile_data', 'profile_segments', 'profile_bank', 'write_results',
-           'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'run_all', 'parse_settings', 'main']
+__all__ = ['log', 'DATASETS', 'data_root', 'load_profile_data', 'profile_segments', 'profile_bank', 'prepare', 'select',
+           'seed_summary', 'write_results', 'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'run_all',
+           'parse_settings', 'main']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
@@ -74,6 +76,39 @@ def profile_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Pa
     return feature_bank(cfg, model, df, root / "features", segments), model
 
 # %% ../nbs/14_experiment.ipynb 15
+def prepare(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None) -> tuple:
+    """(data for the training core: FeatureBank or manifest, segments, model) under `cfg`'s regime."""
+    from urbancross.towers import build_model
+    from urbancross.train import uses_features
+    root = Path(cache_root) if cache_root else paths()["cache"]
+    model = model if model is not None else build_model(cfg)
+    segments, _ = profile_segments(cfg, df, root)
+    if uses_features(cfg):
+        bank, _ = profile_bank(cfg, df, model, root, segments)
+        return bank, segments, model
+    return df, segments, model
+
+def select(data, domain: str | None = None, split: str | None = None):
+    """The images of a domain and/or split of a manifest or a FeatureBank."""
+    from urbancross.features import FeatureBank
+    if isinstance(data, FeatureBank):
+        return data.subset(data.select(domain=domain, split=split))
+    keep = np.ones(len(data), bool)
+    if domain is not None:
+        keep &= (data.domain == domain).to_numpy()
+    if split is not None:
+        keep &= (data.split == split).to_numpy()
+    return data[keep].reset_index(drop=True)
+
+def seed_summary(runs: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ("mR",)) -> pd.DataFrame:
+    """Mean and std over seeds of `metrics` per `keys` group, with the number of seeds (seed column -1)."""
+    agg = {}
+    for m in metrics:
+        agg[f"{m}_mean"], agg[f"{m}_std"] = (m, "mean"), (m, "std")
+    out = runs.groupby(list(keys), sort=False).agg(**agg, n_seeds=("seed", "nunique")).reset_index()
+    return out.assign(seed=-1)
+
+# %% ../nbs/14_experiment.ipynb 18
 def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
                   results_dir: str | Path | None = None) -> pd.DataFrame:
     """Write `results/<name>.csv` with profile, seed and git SHA columns added; returns the table."""
@@ -88,7 +123,7 @@ def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
         df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
     return df
 
-# %% ../nbs/14_experiment.ipynb 18
+# %% ../nbs/14_experiment.ipynb 21
 def parameters_cells(nb_path: str | Path) -> list[int]:
     """Indices of the cells tagged `parameters` in a notebook."""
     nb = nbformat.read(nb_path, as_version=4)
@@ -119,7 +154,7 @@ def literal_parameters(nb_path: str | Path) -> dict:
             raise ValueError(f"{nb_path}: parameter {node.targets[0].id} is not a literal") from e
     return out
 
-# %% ../nbs/14_experiment.ipynb 19
+# %% ../nbs/14_experiment.ipynb 22
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
             out_dir: str | Path | None = None, overrides: dict | None = None) -> list[dict]:
     """Run experiment notebooks in order with papermill; stop at the first failure."""

@@ -15,12 +15,12 @@ from .adversarial import domain_probe_accuracy
 from .core import Config, Registry, get_logger
 from .data import make_splits
 from .features import FeatureBank
-from .train import evaluate, gallery_embeddings, make_items, train
+from .train import evaluate, gallery_embeddings, make_items, train, uses_features
 from .towers import RetrievalModel
 
 # %% auto 0
 __all__ = ['log', 'PROTOCOLS', 'Protocol', 'protocol_table', 'protocol_config', 'part', 'target_parts', 'domain_probe',
-           'run_protocol']
+           'run_state', 'load_run_state', 'run_protocol']
 
 # %% ../nbs/13_protocols.ipynb 4
 log = get_logger("urbancross.protocols")
@@ -90,11 +90,24 @@ def domain_probe(cfg: Config, model: RetrievalModel, source: pd.DataFrame | Feat
     tgt, _, _ = gallery_embeddings(c, model, target, segments)
     return domain_probe_accuracy(src, tgt, seed=seed)
 
+def run_state(cfg: Config, model: RetrievalModel) -> dict:
+    """A copy of what training under `cfg` can change: the heads and temperature on cached features, else everything."""
+    keep = (lambda k: k.startswith(("image_head.", "text_head.", "segment_head.")) or k == "clip.logit_scale") \
+        if uses_features(cfg) else (lambda k: True)
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
+
+def load_run_state(model: RetrievalModel, state: Mapping) -> None:
+    """Load a (possibly partial, `run_state`) state dict; a partial one may only leave trunk tensors out."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if k.startswith(("image_head.", "text_head.", "segment_head."))] + list(unexpected)
+    if bad:
+        raise ValueError(f"state does not fit the model: {bad[:3]}")
+
 def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
                  source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
     """Train `model` under protocol `name`; (metrics on the target test part, history)."""
     p, c = PROTOCOLS.get(name), protocol_config(cfg, name)
-    model.load_state_dict(pretrained_state if p.train_on in ("target", "target-all") else source_state)
+    load_run_state(model, pretrained_state if p.train_on in ("target", "target-all") else source_state)
     hist = pd.DataFrame()
     if p.train_on == "source+target":
         tgt = make_items(c, model, parts["finetune"], segments, with_text=p.target_captions, seed_offset=1)

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .protocols import AlignmentHeads, bank_embeddings
 from .core import Config, get_logger
-from .data import load_image
-from .embedded import DOMAINS
-from .features import FeatureBank, text_tower_features
+from .data import COUNTRY_BOUNDS, load_image
+from .features import FeatureBank
 from .towers import RetrievalModel
+from .train import gallery_embeddings
 
 # %% auto 0
 __all__ = ['log', 'Retriever', 'plot_topk_images', 'plot_image_captions', 'plot_geo_map']
@@ -33,22 +32,21 @@ def _check_k(k: int, n: int) -> int:
     return min(int(k), n)
 
 class Retriever:
-    """Text → image and image → caption search over the gallery images `idx` of a feature bank, with trained heads."""
-    def __init__(self, cfg: Config, heads: AlignmentHeads, bank: FeatureBank, model: RetrievalModel,
-                 df: pd.DataFrame, idx: Sequence[int] | None = None):
-        idx = np.arange(len(bank)) if idx is None else np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            raise ValueError("empty gallery: idx selects no image of the feature bank")
-        sub = bank.subset(idx)
+    """Text → image and image → caption search over a gallery (feature bank or manifest) with a trained model."""
+    def __init__(self, cfg: Config, model: RetrievalModel, gallery: FeatureBank | pd.DataFrame, df: pd.DataFrame,
+                 segments: dict | None = None):
+        ids = list(gallery.image_ids) if isinstance(gallery, FeatureBank) else list(gallery.image_id)
+        if len(ids) == 0:
+            raise ValueError("empty gallery: it holds no image")
         rows = df.set_index("image_id")
-        missing = [i for i in sub.image_ids if i not in rows.index]
+        missing = [i for i in ids if i not in rows.index]
         if missing:
             raise ValueError(f"{len(missing)} gallery image(s) are not in the manifest (first: {missing[0]!r}); "
-                             "pass the manifest the feature bank was built from")
-        self.cfg, self.heads, self.model = cfg, heads, model
-        self.gallery = rows.loc[sub.image_ids].reset_index()
-        self.texts = sub.texts
-        self.image_emb, self.text_emb, self.text_owner = bank_embeddings(cfg, heads, bank, idx)
+                             "pass the manifest the gallery was built from")
+        self.cfg, self.model = cfg, model
+        self.gallery = rows.loc[ids].reset_index()
+        self.texts = list(gallery.texts) if isinstance(gallery, FeatureBank) else [c for cs in gallery.captions for c in cs]
+        self.image_emb, self.text_emb, self.text_owner = gallery_embeddings(cfg, model, gallery, segments)
         self._pos = {i: p for p, i in enumerate(self.gallery.image_id)}
         log.info(f"retriever: {len(self.gallery)} images, {len(self.texts)} captions, model {cfg.model_name} "
                  f"(profile {cfg.profile}), segment fusion {cfg.fuse_segments if cfg.use_sam else 0}")
@@ -58,15 +56,15 @@ class Retriever:
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit embeddings `[M, D]` of new texts (a string is one text): frozen text tower, then the text head."""
+        """Unit embeddings `[M, D]` of new texts (a string is one text): text tower, then the text head."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("no texts to embed")
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"query {i} is empty or not a string ({t!r}); type some words to search for")
-        self.heads.eval()
-        return self.heads.text(text_tower_features(self.model, texts))
+        self.model.eval()
+        return self.model.encode_text(texts).float().cpu()
 
     def position(self, image_id: str) -> int:
         """Row of `image_id` in `self.gallery` (ValueError naming it if it is not there)."""
@@ -152,8 +150,8 @@ def plot_geo_map(df: pd.DataFrame, highlight: Collection[str] = (), title: str =
     for d in domains:
         g = pts[pts.domain == d]
         ax.scatter(g.lon, g.lat, s=9, alpha=0.7, color=colours[d], label=f"{d} ({len(g)} images)")
-        if d in DOMAINS:
-            (la0, la1), (lo0, lo1) = DOMAINS[d].lat, DOMAINS[d].lon
+        if d in COUNTRY_BOUNDS:
+            (la0, la1), (lo0, lo1) = COUNTRY_BOUNDS[d].lat, COUNTRY_BOUNDS[d].lon
             ax.add_patch(Rectangle((lo0, la0), lo1 - lo0, la1 - la0, fill=False, ec=colours[d], lw=1.2, ls="--"))
             ax.annotate(d, (lo0, la1), xytext=(2, 3), textcoords="offset points", color=colours[d], fontsize=9)
     hl = pts[pts.image_id.isin(set(highlight))]

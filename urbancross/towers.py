@@ -164,7 +164,7 @@ class ResidualAdapter(nn.Module):
     """`x + W2 gelu(W1 LayerNorm(x))` with `W2 = 0` at start: the identity until it trains."""
     def __init__(self, width: int, hidden: int | None = None):
         super().__init__()
-        hidden = hidden or max(32, width // 2)
+        hidden = hidden or min(256, max(32, width // 2))
         self.norm, self.fc1, self.fc2 = nn.LayerNorm(width), nn.Linear(width, hidden), nn.Linear(hidden, width)
         nn.init.zeros_(self.fc2.weight); nn.init.zeros_(self.fc2.bias)
 

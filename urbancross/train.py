@@ -310,7 +310,7 @@ def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, 
     rank, world = init_distributed()
     info = log.info if rank == 0 else (lambda msg: None)
     seed_everything(cfg.seed)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(1 if isinstance(source, FeatureItems) else cfg.threads)   # heads on features: ops too small to share
     set_trainable(model, cfg.trainable, cfg.trainable_blocks)
     if cfg.loss != "infonce":
         model.logit_scale.requires_grad_(False)        # no temperature in the loss: DDP must not wait for its gradient
@@ -333,7 +333,7 @@ def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, 
         groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
     if disc is not None:
         groups.append(dict(params=list(disc.parameters()), lr=cfg.da_lr, weight_decay=cfg.weight_decay))
-    opt = torch.optim.AdamW(groups)
+    opt = torch.optim.AdamW(groups, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, cfg.warmup_frac))
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16" and device.type == "cuda"))
     n_items = len(source) + (len(target) if target is not None else 0)
