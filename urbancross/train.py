@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
