@@ -10,7 +10,7 @@ from urbancross.experiment import experiment_notebooks, literal_parameters, para
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted((ROOT / "nbs").glob("*.ipynb"))
-EXPERIMENTS = [p for p in NBS if p.name[:2].isdigit() and int(p.name[:2]) >= 10]
+EXPERIMENTS = [p for p in NBS if p.name[:2].isdigit() and int(p.name[:2]) >= 20]   # experiments: 20_ up
 
 
 def settings():
@@ -20,7 +20,7 @@ def settings():
 
 
 def test_there_are_experiment_notebooks():
-    assert EXPERIMENTS, "no experiment notebooks (nbs/1x_*.ipynb) found"
+    assert EXPERIMENTS, "no experiment notebooks (nbs/2x_*.ipynb) found"
     assert experiment_notebooks(ROOT / "nbs") == EXPERIMENTS
 
 

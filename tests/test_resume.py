@@ -24,13 +24,14 @@ import torch
 from urbancross.core import atomic_torch_save, atomic_write, get_config
 from urbancross.data import read_manifest
 from urbancross.towers import build_model
-from urbancross.train import evaluate, train
+from urbancross.train import evaluate, make_items, train
 
 manifest, ck, out, mode = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 out.mkdir(parents=True, exist_ok=True)
 df = read_manifest(manifest)
-cfg = get_config("smoke", device="cpu", epochs=%(epochs)d, batch_size=%(batch)d, trainable="heads", lr=3e-3,
-                 image_size=32, pretrained="", seed=1, threads=1)
+cfg = get_config("smoke", device="cpu", model_name="UC-TinyViT", pretrained="", image_size=32, context_length=16,
+                 epochs=%(epochs)d, batch_size=%(batch)d, trainable="all", lr=3e-3, lr_backbone=1e-3, seed=1,
+                 threads=1, checkpoint_every=1, progress="off")
 torch.manual_seed(0)
 model = build_model(cfg)
 
@@ -38,12 +39,12 @@ def progress(s):
     with atomic_write(out / "progress.json") as f:
         json.dump(s, f)
 
-hist = train(cfg, model, df, val_df=df, checkpoint=ck, resume=(mode == "resume"), checkpoint_every=1,
+hist = train(cfg, model, make_items(cfg, model, df), val=df, checkpoint=ck, resume=(mode == "resume"),
              on_step=progress)
 hist.drop(columns="seconds").to_json(out / "history.json")
-atomic_torch_save(model.clip.state_dict(), out / "weights.pt")
+atomic_torch_save(model.state_dict(), out / "weights.pt")      # trunks, heads and the segment tower
 with atomic_write(out / "metrics.json") as f:
-    json.dump(evaluate(model, df), f)
+    json.dump(evaluate(cfg, model, df), f)
 ''' % dict(epochs=EPOCHS, batch=BATCH)
 
 
@@ -104,7 +105,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert 0 < saved["step"] < STEPS_PER_EPOCH and saved["epoch"] == (saved["global_step"] // STEPS_PER_EPOCH)
 
     err = finish(launch(tmp_path, manifest, ck, tmp_path / "out_run", "resume"), "resumed run")
-    assert (f"resuming from {ck}: epoch {saved['epoch'] + 1}/{EPOCHS}, step {saved['step']}/{STEPS_PER_EPOCH} "
+    assert (f"resuming from {ck}: epoch {saved['epoch'] + 1}/{EPOCHS}, step {saved['step']} "
             f"(global step {saved['global_step']})") in err
     assert not partial_saves(ck), "partial saves of the killed run were left behind"
     finish(ref, "uninterrupted run")
@@ -115,6 +116,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
         json.loads((tmp_path / "out_run" / "metrics.json").read_text())
     wa, wb = (safe_torch_load(tmp_path / d / "weights.pt") for d in ("out_ref", "out_run"))
     assert wa.keys() == wb.keys()
+    assert {k.split(".")[0] for k in wa} >= {"clip", "image_head", "text_head", "segment_head", "segment_visual"}
     assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
     ra, rb = safe_torch_load(ck_ref), safe_torch_load(ck)      # final checkpoints: optimizer state too
     assert ra["global_step"] == rb["global_step"] == EPOCHS * STEPS_PER_EPOCH
@@ -125,24 +127,25 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path):
     from urbancross.core import get_config
     from urbancross.data import make_manifest
+    from urbancross.distributed import load_checkpoint, save_checkpoint
     from urbancross.towers import build_model
-    from urbancross.train import load_checkpoint, save_checkpoint, train
-    cfg = get_config("smoke", device="cpu", epochs=1, batch_size=3, trainable="heads", image_size=32,
-                     pretrained="", threads=1)
+    from urbancross.train import make_items, train
+    cfg = get_config("smoke", device="cpu", model_name="UC-TinyViT", pretrained="", image_size=32, context_length=16,
+                     epochs=1, batch_size=3, trainable="heads", threads=1, progress="off")
     model = build_model(cfg)
     rows = []
     for i in range(4):
         Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"t{i}.png")
         rows.append(dict(image_id=f"t{i}", image_path=str(tmp_path / f"t{i}.png"), domain="toy", captions=[f"tile {i}"]))
-    df = make_manifest(rows)
+    items = make_items(cfg, model, make_manifest(rows))
     ck = save_checkpoint(tmp_path / "run.pt", model, torch.optim.AdamW(model.parameters()), cfg, 0)
     ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])          # what a non-atomic writer could leave
     with pytest.raises(ValueError, match=r"run\.pt is corrupt"):
         load_checkpoint(ck, model)
     with pytest.raises(ValueError, match=r"run\.pt is corrupt"):
-        train(cfg, model, df, checkpoint=ck, resume=True)
+        train(cfg, model, items, checkpoint=ck, resume=True)
     ck.write_bytes(b"not a torch file at all")
     with pytest.raises(ValueError, match=r"run\.pt is corrupt"):
-        train(cfg, model, df, checkpoint=ck, resume=True)
+        train(cfg, model, items, checkpoint=ck, resume=True)
     with pytest.raises(ValueError, match="needs checkpoint"):
-        train(cfg, model, df, resume=True)
+        train(cfg, model, items, resume=True)

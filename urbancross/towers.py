@@ -255,7 +255,9 @@ class RetrievalModel(nn.Module):
         """Embeddings of a batch dict: `images` or `image_features`, `texts` or `text_features`,
         `segments` or `segment_features` with `segment_valid`; nested groups (e.g. `source`, `target`) recurse."""
         if any(isinstance(v, dict) for v in batch.values()):
-            return {k: self(v) for k, v in batch.items() if isinstance(v, dict)}
+            out = {k: self(v) for k, v in batch.items() if isinstance(v, dict)}
+            out["logit_scale"] = self.logit_scale.clone()    # a graph node, so DDP sees the temperature used in forward
+            return out
         out = {}
         if "images" in batch:
             out["image"] = self.encode_image(batch["images"])

@@ -156,8 +156,10 @@ def _gather(emb: dict, sizes: Sequence[int]) -> dict:
     return out
 
 def step_losses(cfg: Config, model: RetrievalModel, disc: nn.Module | None, src: dict, tgt: dict | None,
-                src_texts: Sequence[str], tgt_texts: Sequence[str] | None, epoch: int, progress: float) -> tuple[torch.Tensor, dict]:
+                src_texts: Sequence[str], tgt_texts: Sequence[str] | None, epoch: int, progress: float,
+                logit_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Total loss of one step from gathered source (and target) embeddings, and its logged parts."""
+    logit_scale = model.logit_scale if logit_scale is None else logit_scale
     keep = torch.arange(len(src["image"]), device=src["image"].device)
     scores = None
     if tgt is not None:
@@ -167,11 +169,11 @@ def step_losses(cfg: Config, model: RetrievalModel, disc: nn.Module | None, src:
         keep = admit_in_batch(scores, source_ratio(cfg, epoch))
     sub = {k: v[keep] for k, v in src.items()}
     kept_texts = [src_texts[i] for i in keep.tolist()]
-    total, parts = urbancross_loss(cfg, sub, kept_texts, model.logit_scale)
+    total, parts = urbancross_loss(cfg, sub, kept_texts, logit_scale)
     logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
     logs["admitted"] = float(len(keep) / len(src["image"]))
     if tgt is not None and cfg.target_text_loss and "text" in tgt:
-        t_loss, _ = urbancross_loss(cfg.replace(use_sam=False), tgt, list(tgt_texts), model.logit_scale)
+        t_loss, _ = urbancross_loss(cfg.replace(use_sam=False), tgt, list(tgt_texts), logit_scale)
         total = total + t_loss; logs["loss_target_it"] = float(t_loss.detach())
     if tgt is not None and cfg.w_target_negative > 0:
         hn = hard_negative_loss(sub["image"], sub["text"], tgt["image"].detach(), hard_negative_margin(epoch))
@@ -210,7 +212,7 @@ def train_step(cfg: Config, net: nn.Module, model: RetrievalModel, disc: nn.Modu
         emb = net(batch)
     src = _gather(emb["source"], src_sizes)
     tgt = _gather(emb["target"], tgt_sizes) if tgt_batch is not None else None
-    loss, logs = step_losses(cfg, model, disc, src, tgt, src_texts, tgt_texts, epoch, progress)
+    loss, logs = step_losses(cfg, model, disc, src, tgt, src_texts, tgt_texts, epoch, progress, emb["logit_scale"])
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
