@@ -94,17 +94,7 @@ def gather_rows(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
 
 def gather_embeddings(img: torch.Tensor, txt: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """All processes' embeddings in rank order; the gradient reaches this process's shard only (times world size)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return img, txt
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local = torch.cat([img, txt], dim=1)
-    padded = local.new_zeros(max(sizes), local.shape[1])
-    padded[:len(local)] = local.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    parts = [p[:n] for p, n in zip(parts, sizes)]
-    parts[rank] = scale_grad(local, world)
-    both = torch.cat(parts)
+    both = gather_rows(torch.cat([img, txt], dim=1), sizes)
     return both[:, :img.shape[1]], both[:, img.shape[1]:]
 
 # %% ../nbs/11_distributed.ipynb 15
