@@ -97,26 +97,20 @@ def _synthetic_batch(n: int, size: int, seed: int = 0):
 
 
 def _ours_step(cfg, model, total_steps: int):
-    """The per-batch body of `urbancross.train.train` (same pieces, same order)."""
+    """One step of `urbancross.train.train` (its own `train_step`, with the optimizer and schedule it builds)."""
     import torch
     from urbancross.towers import param_groups, set_trainable
-    from urbancross.train import alignment_loss, warmup_cosine
+    from urbancross.train import train_step, warmup_cosine
     set_trainable(model, cfg.trainable)
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay))
+    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay), foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total_steps, cfg.warmup_frac))
-    params = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def step(x, texts):
         torch.set_num_threads(cfg.threads)
-        img, txt = model(x, texts)
-        loss = alignment_loss(cfg, img, txt, model.logit_scale, texts)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        return loss.item()
+        logs = train_step(cfg, model, model, None, opt, sched, scaler, {"images": x, "texts": list(texts)}, None,
+                          list(texts), None, [len(x)], None, 0, 0.0)
+        return logs["loss"]
     return step
 
 
@@ -128,9 +122,8 @@ def _baseline_step(model, default_threads: int):
 
     def step(x, texts):
         torch.set_num_threads(default_threads)          # no thread tuning: torch's own default
-        tokens = model.tokenizer(list(texts))
-        img = F.normalize(model.clip.encode_image(x), dim=-1)
-        txt = F.normalize(model.clip.encode_text(tokens), dim=-1)
+        img = model.encode_image(x)                     # the same tower adapter, plain loop around it
+        txt = model.encode_text(texts)
         logits = model.logit_scale.exp() * img @ txt.t()
         labels = torch.arange(len(x))
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
@@ -142,14 +135,14 @@ def _baseline_step(model, default_threads: int):
 
 
 def _head_step(cfg, model, img_feats, txt_feats):
-    """Frozen towers: only the projection heads (`clip.visual.head`, `clip.text.proj`) and the temperature train."""
+    """Frozen trunks: only the heads (`image_head`, `text_head`) and the temperature train."""
     import torch
     import torch.nn.functional as F
-    from urbancross.train import alignment_loss
-    img_head, txt_head = copy.deepcopy(model.clip.visual.head), copy.deepcopy(model.clip.text.proj)
+    from urbancross.losses import alignment_loss
+    img_head, txt_head = copy.deepcopy(model.image_head), copy.deepcopy(model.text_head)
     logit_scale = torch.nn.Parameter(model.logit_scale.detach().clone())
     img_head.train(); txt_head.train()
-    opt = torch.optim.AdamW([*img_head.parameters(), *txt_head.parameters(), logit_scale], lr=cfg.head_lr)
+    opt = torch.optim.AdamW([*img_head.parameters(), *txt_head.parameters(), logit_scale], lr=cfg.lr)
 
     def step(texts):
         torch.set_num_threads(cfg.threads)
@@ -175,7 +168,7 @@ def bench_train_step(quick: bool) -> list[dict]:
     from urbancross.towers import build_model
     logging.getLogger("urbancross").setLevel(logging.WARNING)
     default_threads = torch.get_num_threads()
-    cfg = get_config("smoke", device="cpu", batch_size=32, image_size=96)
+    cfg = get_config("smoke", device="cpu", batch_size=32, image_size=96, trainable="all")   # a full step, as the baseline
     warmup, n = (1, 4) if quick else (3, 15)
     seed_everything(cfg.seed)
     model = build_model(cfg)
