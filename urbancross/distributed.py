@@ -18,7 +18,8 @@ from .core import Config, atomic_torch_save, get_logger, safe_torch_load
 
 # %% auto 0
 __all__ = ['log', 'RESUME_KEYS', 'rng_state', 'set_rng_state', 'init_distributed', 'shard_sizes', 'scale_grad', 'gather_rows',
-           'gather_embeddings', 'save_checkpoint', 'restore_checkpoint', 'load_checkpoint', 'check_resumable']
+           'gather_embeddings', 'process_device', 'gather_rng', 'save_checkpoint', 'remove_partial_saves',
+           'restore_checkpoint', 'load_checkpoint', 'check_resumable']
 
 # %% ../nbs/11_distributed.ipynb 4
 log = get_logger("urbancross.distributed")
@@ -98,6 +99,25 @@ def gather_embeddings(img: torch.Tensor, txt: torch.Tensor, sizes: Sequence[int]
     return both[:, :img.shape[1]], both[:, img.shape[1]:]
 
 # %% ../nbs/11_distributed.ipynb 15
+def process_device(model: nn.Module, world: int) -> torch.device:
+    """The model's device; under DDP on CUDA, this process's GPU (LOCAL_RANK), moving the model there."""
+    device = next(model.parameters()).device
+    if world > 1 and device.type == "cuda":
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+        if device != local:
+            model.to(local); device = local
+    return device
+
+def gather_rng(device: torch.device, world: int) -> list[dict]:
+    """Every process's `rng_state`, in rank order (a collective call under DDP)."""
+    state = rng_state(device)
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+# %% ../nbs/11_distributed.ipynb 18
 def _plain_config(cfg: Config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}
 
@@ -115,6 +135,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimiz
         ck["scaler"] = scaler.state_dict()
     return atomic_torch_save({**ck, **(state or {})}, path)
 
+def remove_partial_saves(path: Path) -> None:
+    """Delete the temporary files a process killed while saving `path` left next to it."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        log.warning(f"removing {tmp}, a partial save of {path.name} left by an interrupted run")
+        tmp.unlink(missing_ok=True)
+
 def restore_checkpoint(ck: dict, model: nn.Module, opt: torch.optim.Optimizer | None = None,
                        scheduler=None, scaler=None, discriminator: nn.Module | None = None) -> dict:
     """Load a checkpoint dict's states into the objects given; returns it."""
@@ -129,7 +155,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimiz
     """Load a checkpoint written by `save_checkpoint` into `model` (and `opt`, ...; weights only); returns it."""
     return restore_checkpoint(safe_torch_load(path), model, opt, scheduler, scaler, discriminator)
 
-# %% ../nbs/11_distributed.ipynb 17
+# %% ../nbs/11_distributed.ipynb 20
 RESUME_KEYS = ("seed", "batch_size", "epochs", "lr", "lr_backbone", "weight_decay", "warmup_frac", "loss",
                "margin", "trainable", "trainable_blocks", "adapter_blocks", "model_name", "image_size",
                "context_length", "use_sam", "num_seg", "da_epochs", "da_lr", "source_batch", "target_batch",

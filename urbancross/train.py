@@ -23,8 +23,9 @@ from .adversarial import DomainDiscriminator, grl_lambda, sample_weights, weight
 from .core import Config, get_logger, seed_everything
 from .curriculum import admit_in_batch, batch_target_likeness, score_weights, source_ratio
 from .data import caption_table, load_image
-from .distributed import (_plain_config, check_resumable, gather_rows, init_distributed, restore_checkpoint,
-                                    rng_state, safe_torch_load, save_checkpoint, set_rng_state, shard_sizes)
+from .distributed import (check_resumable, gather_rng, gather_rows, init_distributed, process_device,
+                                    remove_partial_saves, restore_checkpoint, safe_torch_load, save_checkpoint,
+                                    set_rng_state, shard_sizes)
 from .features import FeatureBank
 from .losses import hard_negative_loss, hard_negative_margin, urbancross_loss
 from .metrics import retrieval_metrics
@@ -150,7 +151,7 @@ def _autocast(cfg: Config, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 def _gather(emb: dict, sizes: Sequence[int]) -> dict:
-    out = {k: gather_rows(v.float() if v.is_floating_point() else v.float(), sizes) for k, v in emb.items()}
+    out = {k: gather_rows(v.float(), sizes) for k, v in emb.items()}
     if "has_segment" in out:
         out["has_segment"] = out["has_segment"] > 0.5
     return out
@@ -268,41 +269,18 @@ def make_items(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureB
     return ImageItems(data, model.train_transform, seed, segments if cfg.use_sam else None, cfg.num_seg,
                       model.eval_transform, with_text)
 
-def _process_device(model: RetrievalModel, world: int) -> torch.device:
-    """The model's device; under DDP on CUDA, this process's GPU (LOCAL_RANK), moving the model there."""
-    import os
-    device = model.device
-    if world > 1 and device.type == "cuda":
-        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
-        if device != local:
-            model.to(local); device = local
-    return device
-
 def _freeze_frozen_norms(model: nn.Module) -> None:
     """Batch-norm layers with no trainable parameter go to eval mode (running statistics stay put)."""
     for mod in model.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters()):
             mod.eval()
 
-def _gather_rng(device: torch.device, world: int) -> list[dict]:
-    state = rng_state(device)
-    if world == 1:
-        return [state]
-    states = [None] * world
-    dist.all_gather_object(states, state)
-    return states
-
-def _remove_partial_saves(path: Path) -> None:
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        log.warning(f"removing {tmp}, a partial save of {path.name} left by an interrupted run")
-        tmp.unlink(missing_ok=True)
-
 def _show_progress(cfg: Config) -> bool:
     return cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
 
 def _loader(items, keys: list[list], num_workers: int, seed: int):
     if not keys:
-        return [None] * 0
+        return []
     return torch.utils.data.DataLoader(items, batch_sampler=keys, num_workers=num_workers, collate_fn=collate,
                                        generator=torch.Generator().manual_seed(seed))
 
@@ -317,7 +295,7 @@ def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, 
     set_trainable(model, cfg.trainable, cfg.trainable_blocks)
     if cfg.loss != "infonce":
         model.logit_scale.requires_grad_(False)        # no temperature in the loss: DDP must not wait for its gradient
-    device = _process_device(model, world)
+    device = process_device(model, world)
     epochs = cfg.da_epochs if fine_tune else cfg.epochs
     bs, tb = (cfg.source_batch, cfg.target_batch if target is not None else 0) if fine_tune else (cfg.batch_size, 0)
     min_size = max(2, world)
@@ -343,7 +321,7 @@ def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, 
     if resume and not checkpoint:
         raise ValueError("resume=True needs checkpoint=<path of the run's checkpoint>")
     if checkpoint and rank == 0:
-        _remove_partial_saves(Path(checkpoint))
+        remove_partial_saves(Path(checkpoint))
     history, epoch0, step0, gs, done, elapsed, rngs = [], 0, 0, 0, [], 0.0, None
     run_cfg = cfg.replace(epochs=epochs)
     if resume and Path(checkpoint).exists():
@@ -372,7 +350,7 @@ def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, 
     t0 = time.time()
 
     def save(epoch_done: int, step: int, logs: list[dict]) -> None:
-        rng = _gather_rng(device, world)
+        rng = gather_rng(device, world)
         if rank == 0:
             save_checkpoint(checkpoint, model, opt, run_cfg, epoch_done, step, sched, scaler, discriminator=disc, state=dict(
                 global_step=gs, history=history, epoch_logs=logs, elapsed=elapsed + time.time() - t0, rng=rng,
