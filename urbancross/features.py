@@ -21,8 +21,8 @@ from .towers import RetrievalModel
 
 # %% auto 0
 __all__ = ['log', 'image_trunk_features', 'segment_trunk_features', 'text_tower_features', 'FeatureBank', 'trunk_fingerprint',
-           'image_key', 'text_key', 'compute_image_features', 'compute_text_features', 'cached_features',
-           'feature_bank']
+           'image_key', 'text_key', 'stream_segment_features', 'compute_image_features', 'compute_text_features',
+           'cached_features', 'feature_bank']
 
 # %% ../nbs/10_features.ipynb 4
 log = get_logger("urbancross.features")
@@ -132,16 +132,32 @@ def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
     return h.hexdigest()[:20]
 
 # %% ../nbs/10_features.ipynb 14
+def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids: Sequence,
+                            batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment-trunk features `[N, K, D]` and validity `[N, K]`, reading crops from `segments` one batch at a time."""
+    feats, valid, pending, k = [], [], [], None
+    for image_id in image_ids:
+        crops, v = segments[image_id]
+        k = len(v) if k is None else k
+        if len(crops) != k or len(v) != k:
+            raise ValueError(f"segments of image {image_id!r}: {len(crops)} crops and {len(v)} flags, but the first "
+                             f"image has {k}; every image needs the same number of segment slots")
+        valid.append(np.asarray(v, bool)); pending.extend(crops)
+        while len(pending) >= batch_size:
+            feats.append(segment_trunk_features(model, pending[:batch_size], batch_size)); del pending[:batch_size]
+    if pending:
+        feats.append(segment_trunk_features(model, pending, batch_size))
+    if not valid:
+        return torch.zeros(0, 0, 0), torch.zeros(0, 0, dtype=torch.bool)
+    return torch.cat(feats).reshape(len(valid), k, -1), torch.tensor(np.stack(valid))
+
 def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
-                           segments: Mapping | None = None) -> dict:
+                           segments: Mapping | None = None, batch_size: int = 64) -> dict:
     """Frozen image-tower features of every image (cfg.views rotations) and segment crop of `df`."""
-    out = dict(images=image_trunk_features(model, list(df.image_path), cfg.views), segments=None, segment_valid=None)
+    out = dict(images=image_trunk_features(model, list(df.image_path), cfg.views, batch_size), segments=None,
+               segment_valid=None)
     if segments is not None:
-        crops = [segments[i] for i in df.image_id]
-        k = len(crops[0][1])
-        flat = [c for cr, _ in crops for c in cr]
-        out["segments"] = segment_trunk_features(model, flat).reshape(len(df), k, -1)
-        out["segment_valid"] = torch.tensor(np.stack([np.asarray(v, bool) for _, v in crops]))
+        out["segments"], out["segment_valid"] = stream_segment_features(model, segments, list(df.image_id), batch_size)
     return out
 
 def compute_text_features(model: RetrievalModel, df: pd.DataFrame) -> dict:

@@ -10,11 +10,15 @@ import io
 import json
 import re
 import time
+import warnings
 import zipfile
+from collections import Counter
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,14 +29,15 @@ from .core import Config, Registry, atomic_write, get_device, get_logger, paths,
 from .data import ImageLoadError, load_image
 
 # %% auto 0
-__all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'Mask', 'mask_bbox', 'make_mask', 'mask_iou', 'Segmenter', 'build_segmenter',
-           'SuperpixelParams', 'SuperpixelSegmenter', 'SamParams', 'build_tiny_sam', 'build_sam_model',
-           'load_sam_checkpoint', 'checkpoint_fingerprint', 'state_dict_fingerprint', 'resolve_checkpoint',
-           'SamSegmenter', 'make_segmenter', 'sam_params', 'segmenter_from_config', 'SegmentConfig', 'segment_config',
-           'select_masks', 'fill_colour', 'mask_crop', 'Segments', 'segments_from_masks', 'segment_image',
-           'CorruptSegmentCache', 'image_digest', 'config_digest', 'save_segments_file', 'load_segments_file',
-           'SegmentCache', 'segment_manifest', 'read_segments', 'stack_segments', 'UpstreamSegmentZip',
-           'make_upstream_segments_fixture']
+__all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'RELEASE_SOURCE', 'SEGMENT_TABLE_COLUMNS', 'Mask', 'mask_bbox', 'make_mask',
+           'mask_iou', 'Segmenter', 'build_segmenter', 'SuperpixelParams', 'SuperpixelSegmenter', 'SamParams',
+           'build_tiny_sam', 'build_sam_model', 'load_sam_checkpoint', 'checkpoint_fingerprint',
+           'state_dict_fingerprint', 'resolve_checkpoint', 'SamSegmenter', 'make_segmenter', 'sam_params',
+           'segmenter_from_config', 'SegmentConfig', 'segment_config', 'select_masks', 'fill_colour', 'mask_crop',
+           'Segments', 'segments_from_masks', 'segment_image', 'CorruptSegmentCache', 'image_digest', 'config_digest',
+           'save_segments_file', 'load_segments_file', 'SegmentCache', 'UpstreamSegmentZip',
+           'make_upstream_segments_fixture', 'release_signature', 'release_segments', 'open_release', 'cached_segments',
+           'segment_manifest', 'read_segments', 'stack_segments', 'SegmentStore']
 
 # %% ../nbs/03_segments.ipynb 4
 log = get_logger("urbancross.segments")
@@ -529,49 +534,6 @@ class SegmentCache:
         return save_segments_file(self.path(image_hash, config_hash), seg, image_hash, config_hash)
 
 # %% ../nbs/03_segments.ipynb 59
-def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
-                     cfg: SegmentConfig | None = None, on_corrupt: str = "recompute") -> tuple[pd.DataFrame, dict]:
-    """Fill `cache` with the segments of every image in `df`; returns (per-image table, stats)."""
-    if on_corrupt not in ("recompute", "raise"):
-        raise ValueError(f"on_corrupt={on_corrupt!r}; choose 'recompute' or 'raise'")
-    cfg = cfg or SegmentConfig()
-    sig = segmenter.signature()
-    chash = config_digest(sig, cfg)
-    cache.describe(chash, {"segmenter": sig, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT})
-    rows, hits, misses, corrupt, t0 = [], 0, 0, 0, time.perf_counter()
-    for r in df.itertuples(index=False):
-        image = np.asarray(load_image(r.image_path))
-        ihash = image_digest(image)
-        try:
-            seg = cache.load(ihash, chash)
-        except CorruptSegmentCache as e:
-            if on_corrupt == "raise":
-                raise
-            log.warning(f"{e} (image {r.image_id}); recomputing it")
-            seg, corrupt = None, corrupt + 1
-        if seg is None:
-            seg = segment_image(image, segmenter, cfg)
-            cache.save(ihash, chash, seg)
-            misses += 1
-        else:
-            hits += 1
-        rows.append(dict(image_id=r.image_id, image_hash=ihash, segment_path=str(cache.path(ihash, chash)),
-                         n_valid=int(seg.valid[:num_seg].sum()), n_masks=seg.n_masks))
-    stats = dict(images=len(df), hits=hits, misses=misses, corrupt=corrupt, seconds=time.perf_counter() - t0)
-    log.info(f"segments: backend {segmenter.name}, config {chash[:16]} in {cache.root}: {len(df)} images, "
-             f"{hits} hits, {misses} misses ({corrupt} corrupt recomputed) in {stats['seconds']:.2f} s")
-    return pd.DataFrame(rows, columns=["image_id", "image_hash", "segment_path", "n_valid", "n_masks"]), stats
-
-def read_segments(path: str | Path, num_seg: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(crops [num_seg, S, S, 3] uint8, valid [num_seg] bool) of one verified cache entry."""
-    return load_segments_file(path).take(num_seg)
-
-def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the entries of a `segment_manifest` table: crops [N, num_seg, S, S, 3], valid [N, num_seg]."""
-    pairs = [read_segments(p, num_seg) for p in table.segment_path]
-    return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
-
-# %% ../nbs/03_segments.ipynb 69
 _SEGMENT_FILE = re.compile(r"^(?P<stem>.+)_(?P<idx>\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
 
 class UpstreamSegmentZip:
@@ -598,14 +560,28 @@ class UpstreamSegmentZip:
         for v in self.index.values():
             v.sort()
 
+    MAX_MEMBER_BYTES = 64 << 20      # a segment file of a tile is well under 1 MB
+
     def stems(self) -> list[str]:
         """Image stems that have a segment folder in the zip."""
         return sorted(self.index)
 
+    def count(self, stem: str) -> int:
+        """Number of segment files of image `stem` (0 if it has no folder or an empty one)."""
+        return len(self.index.get(stem, ()))
+
     def _read(self, member: str) -> np.ndarray:
+        size = self._zip.getinfo(member).file_size
+        if size > self.MAX_MEMBER_BYTES:
+            raise ImageLoadError(f"{self.path}:{member} is {size} bytes uncompressed, more than the "
+                                 f"{self.MAX_MEMBER_BYTES} a segment file may have; is the zip damaged?")
         try:
-            with Image.open(io.BytesIO(self._zip.read(member))) as im:
-                return np.asarray(im.convert("RGB"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(self._zip.read(member))) as im:
+                    return np.asarray(im.convert("RGB"))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageLoadError(f"{self.path}:{member} is refused as a decompression bomb ({e})") from e
         except (UnidentifiedImageError, OSError, zipfile.BadZipFile, ValueError) as e:
             raise ImageLoadError(f"{self.path}:{member} is not a readable image ({e})") from e
 
@@ -628,7 +604,7 @@ class UpstreamSegmentZip:
     def __exit__(self, *exc) -> None:
         self.close()
 
-# %% ../nbs/03_segments.ipynb 71
+# %% ../nbs/03_segments.ipynb 61
 def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], size: int = 32) -> Path:
     """Write a small `image_segments.zip` in the upstream layout; segment i of a stem is grey level 10*i+5."""
     path = Path(path)
@@ -642,3 +618,134 @@ def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], siz
                 z.writestr(f"image_segments/{stem}/{stem}_{i}.jpg", buf.getvalue())
         z.writestr("__MACOSX/image_segments/._x_0.jpg", b"junk")
     return path
+
+# %% ../nbs/03_segments.ipynb 66
+RELEASE_SOURCE = "release"          # `segment_source` of segments read from a release zip
+SEGMENT_TABLE_COLUMNS = ["image_id", "image_hash", "segment_path", "n_valid", "n_masks", "segment_source"]
+
+def release_signature(path: str | Path) -> dict:
+    """The cache signature of segments read from the release zip `path`: its content fingerprint."""
+    return {"backend": "release-zip", "zip": checkpoint_fingerprint(path)}
+
+def release_segments(zf: UpstreamSegmentZip, stem: str, image: np.ndarray, cfg: SegmentConfig) -> Segments:
+    """Stored `Segments` of image `stem` from a release zip: its first `cfg.num_stored` files at `cfg.crop_size`."""
+    k = cfg.num_stored
+    crops, valid = zf.load(stem, k, cfg.crop_size)
+    if cfg.pad == "image":
+        crops[~valid] = _resize(image, cfg.crop_size)
+    return Segments(crops, valid, np.zeros((k, 4), np.int32), np.zeros(k, np.int64), np.zeros(k, np.float32),
+                    zf.count(stem))
+
+def open_release(release: Mapping[str, str | Path] | None, cfg: SegmentConfig, cache: SegmentCache,
+                 stack: ExitStack) -> dict[str, tuple[UpstreamSegmentZip, str]]:
+    """{domain: (open zip, its config hash)} of `release`, each zip closed with `stack` and described in `cache`."""
+    out = {}
+    for domain, path in (release or {}).items():
+        zf = stack.enter_context(UpstreamSegmentZip(path))
+        sig = release_signature(zf.path)
+        chash = config_digest(sig, cfg)
+        cache.describe(chash, {"segmenter": sig, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT,
+                               "zip": str(zf.path)})
+        out[domain] = (zf, chash)
+    return out
+
+def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make: Callable[[], Segments],
+                    on_corrupt: str = "recompute", image_id: str = "") -> tuple[Segments, bool, bool]:
+    """(segments, hit?, corrupt?) of one image: the verified cache entry, else `make()` written to the cache."""
+    corrupt = False
+    try:
+        seg = cache.load(image_hash, config_hash)
+    except CorruptSegmentCache as e:
+        if on_corrupt == "raise":
+            raise
+        log.warning(f"{e} (image {image_id}); recomputing it")
+        seg, corrupt = None, True
+    if seg is not None:
+        return seg, True, False
+    seg = make()
+    cache.save(image_hash, config_hash, seg)
+    return seg, False, corrupt
+
+# %% ../nbs/03_segments.ipynb 67
+def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
+                     cfg: SegmentConfig | None = None, on_corrupt: str = "recompute",
+                     release: Mapping[str, str | Path] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Fill `cache` with the segments of every image in `df`, from `release` zips where they have them; (table, stats)."""
+    if on_corrupt not in ("recompute", "raise"):
+        raise ValueError(f"on_corrupt={on_corrupt!r}; choose 'recompute' or 'raise'")
+    if release and "domain" not in df.columns:
+        raise ValueError(f"segment_manifest(release=...) matches zips to images by the manifest's 'domain' column, "
+                         f"which this manifest lacks (columns {list(df.columns)})")
+    cfg = cfg or SegmentConfig()
+    sig = segmenter.signature()
+    chash = config_digest(sig, cfg)
+    cache.describe(chash, {"segmenter": sig, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT})
+    rows, n, per_zip, t0 = [], Counter(hits=0, misses=0, corrupt=0), Counter(), time.perf_counter()
+    with ExitStack() as stack:
+        zips = open_release(release, cfg, cache, stack)
+        for r in df.itertuples(index=False):
+            image = np.asarray(load_image(r.image_path))
+            ihash = image_digest(image)
+            zf, zhash = zips.get(getattr(r, "domain", None), (None, None))
+            stem = Path(r.image_path).stem
+            if zf is not None and zf.count(stem):
+                source, key, make = RELEASE_SOURCE, zhash, partial(release_segments, zf, stem, image, cfg)
+                per_zip[r.domain] += 1
+            else:
+                source, key, make = segmenter.name, chash, partial(segment_image, image, segmenter, cfg)
+            seg, hit, bad = cached_segments(cache, ihash, key, make, on_corrupt, r.image_id)
+            n["hits" if hit else "misses"] += 1; n["corrupt"] += bad
+            rows.append(dict(image_id=r.image_id, image_hash=ihash, segment_path=str(cache.path(ihash, key)),
+                             n_valid=int(seg.valid[:num_seg].sum()), n_masks=seg.n_masks, segment_source=source))
+    stats = dict(images=len(df), **n, from_release=sum(per_zip.values()), seconds=time.perf_counter() - t0)
+    for domain, (zf, zhash) in zips.items():
+        total = int((df.domain == domain).sum())
+        log.info(f"segments: {per_zip[domain]} of {total} '{domain}' images from release zip {zf.path} "
+                 f"(config {zhash[:16]}), {total - per_zip[domain]} by {segmenter.name}")
+    log.info(f"segments: backend {segmenter.name}, config {chash[:16]} in {cache.root}: {len(df)} images "
+             f"({stats['from_release']} from release zips), {n['hits']} hits, {n['misses']} misses "
+             f"({n['corrupt']} corrupt recomputed) in {stats['seconds']:.2f} s")
+    return pd.DataFrame(rows, columns=SEGMENT_TABLE_COLUMNS), stats
+
+def read_segments(path: str | Path, num_seg: int = 10, image_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(crops [num_seg, S, S, 3] uint8, valid [num_seg] bool) of one verified cache entry (of `image_hash`, if given)."""
+    return load_segments_file(path, image_hash).take(num_seg)
+
+def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the entries of a `segment_manifest` table: crops [N, num_seg, S, S, 3], valid [N, num_seg]."""
+    pairs = [read_segments(p, num_seg) for p in table.segment_path]
+    return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
+
+# %% ../nbs/03_segments.ipynb 81
+class SegmentStore(Mapping):
+    """Read-only `{image_id: (crops [num_seg, S, S, 3] uint8, valid [num_seg] bool)}` read from the cache on access."""
+    def __init__(self, table: pd.DataFrame, num_seg: int = 10):
+        missing = sorted({"image_id", "segment_path"} - set(table.columns))
+        if missing:
+            raise ValueError(f"SegmentStore needs a segment_manifest table; this one lacks the columns {missing}")
+        hashes = table.image_hash if "image_hash" in table.columns else [None] * len(table)
+        self.entries: dict = {}
+        for image_id, path, ihash in zip(table.image_id, table.segment_path, hashes):
+            if self.entries.setdefault(image_id, (str(path), ihash)) != (str(path), ihash):
+                raise ValueError(f"SegmentStore: image id {image_id!r} has two different segment entries in the table")
+        self.num_seg = num_seg
+
+    def __getitem__(self, image_id) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            path, ihash = self.entries[image_id]
+        except KeyError:
+            raise KeyError(f"image {image_id!r} has no segments in this SegmentStore ({len(self)} images); "
+                           f"was it in the manifest given to segment_manifest?") from None
+        return read_segments(path, self.num_seg, ihash)
+
+    def __contains__(self, image_id) -> bool:
+        return image_id in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.entries)
+
+    def __repr__(self) -> str:
+        return f"SegmentStore({len(self)} images, num_seg={self.num_seg})"
