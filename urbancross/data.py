@@ -25,7 +25,7 @@ __all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'COUNTRY_BO
            'clip_caption', 'write_manifest', 'read_utf8', 'read_manifest', 'ImageLoadError', 'load_image',
            'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
            'duplicate_caption_report', 'LatLonBox', 'load_urbancross_country', 'make_urbancross_fixture',
-           'load_karpathy_json', 'make_karpathy_fixture', 'ManifestDataset', 'caption_table']
+           'load_karpathy_json', 'make_karpathy_fixture', 'image_overlap', 'ManifestDataset', 'caption_table']
 
 # %% ../nbs/01_data.ipynb 4
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "domain", "lat", "lon", "split", "tags"]
@@ -469,6 +469,40 @@ def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n:
     return root / name, root / "images"
 
 # %% ../nbs/01_data.ipynb 54
+def _dhash(im: Image.Image) -> int:
+    """64-bit difference hash of an image: 9x8 grayscale thumbnail, one bit per left-to-right brightening."""
+    g = np.asarray(im.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    return int.from_bytes(np.packbits(g[:, 1:] > g[:, :-1]).tobytes(), "big")
+
+def _image_hashes(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """(sha256 of the decoded pixels, dHash) of every image of a manifest, decoding one image at a time."""
+    pixels, dhashes = [], []
+    for p in df.image_path:
+        arr = np.asarray(load_image(p))
+        pixels.append(hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest())
+        dhashes.append(_dhash(Image.fromarray(arr)))
+    return pixels, np.array(dhashes, dtype=np.uint64)
+
+# %% ../nbs/01_data.ipynb 55
+def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.DataFrame:
+    """Pairs of images of manifests `a` and `b` that are the same picture (identical pixels or dHash within `max_hamming` bits)."""
+    if not 0 <= max_hamming <= 64:
+        raise ValueError(f"image_overlap: max_hamming={max_hamming}; choose 0..64 bits of the 64-bit dHash")
+    (pa, ha), (pb, hb) = _image_hashes(a), _image_hashes(b)
+    sa, sb = ([Path(p).stem.lower() for p in df.image_path] for df in (a, b))
+    rows = []
+    for s in range(0, len(ha), 256):                      # blocks of a against all of b: memory stays small
+        dist = np.bitwise_count(ha[s:s + 256, None] ^ hb[None, :])
+        for i, j in zip(*np.nonzero(dist <= max_hamming)):
+            k = s + int(i)
+            how = "pixels" if pa[k] == pb[j] else ("name" if sa[k] == sb[j] else "near")
+            rows.append(dict(image_id_a=a.image_id.iloc[k], image_id_b=b.image_id.iloc[j], how=how, hamming=int(dist[i, j])))
+    out = pd.DataFrame(rows, columns=["image_id_a", "image_id_b", "how", "hamming"])
+    found = ", ".join(f"{k} {v}" for k, v in out.how.value_counts().items()) or "none"
+    log.info(f"image_overlap: {len(a)} x {len(b)} images, {len(out)} pair(s) within {max_hamming} bits ({found})")
+    return out.sort_values(["image_id_a", "image_id_b"], ignore_index=True)
+
+# %% ../nbs/01_data.ipynb 58
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
     def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = True):
@@ -488,7 +522,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         caps = self.df.captions[i]
         return self.transform(self.image(i)), caps[int(self.rng.integers(len(caps)))], i
 
-# %% ../nbs/01_data.ipynb 55
+# %% ../nbs/01_data.ipynb 59
 def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """All captions of a manifest and, for each, the row index of its image."""
     texts, owner = [], []
