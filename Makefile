@@ -1,15 +1,25 @@
-# UrbanCross compendium. `make reproduce` regenerates results/ and figures/; `make test` runs the tests.
+# UrbanCross compendium. `make reproduce` regenerates results/<profile>/ and figures/<profile>/; `make test` runs the tests.
+#   make reproduce PROFILE=paper ARGS="--set data_root=/data/uc --set sam_checkpoint=/ckpt/sam_vit_h_4b8939.pth"
+#   make paper-dryrun      the paper profile's code path on fixture data and tiny models (CPU, minutes)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= smoke
+ARGS ?=
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
+# The model hubs are offline for the smoke profile (it needs nothing from them) or when you say OFFLINE=1;
+# the paper profile may fetch open_clip / InstructBLIP weights on first use.
+ifeq ($(PROFILE),smoke)
+OFFLINE ?= 1
+endif
+ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install reproduce test export clean-nbs check-sync lab
+.PHONY: install reproduce paper-dryrun test export clean-nbs check-sync lab
 
 $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +30,15 @@ $(VENV)/.installed: settings.ini setup.py
 install: $(VENV)/.installed
 
 reproduce: install
-	$(BIN)/python -m urbancross.experiment --profile $(PROFILE)
+	$(BIN)/python -m urbancross.experiment --profile $(PROFILE) $(ARGS)
+
+paper-dryrun: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m urbancross.dryrun
 
 test: install
 	$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) paper-dryrun
 
 export: install
 	$(BIN)/nbdev_export

@@ -1,7 +1,8 @@
 """Every experiment notebook runs end to end on a tiny native open_clip ViT built from config (no timm or
 Hugging Face tower), in the frozen-trunk regime (cached features, heads train) and end to end (every
 parameter trains on pixels), through papermill with only sizes overridden: the paper's code path on CPU.
-Outputs go to a temporary compendium root (URBANCROSS_ROOT), never to the repository's results/."""
+Outputs go to a temporary compendium root (URBANCROSS_ROOT), never to the repository's results/.
+The paper profile's own path (release-format data, SAM, InstructBLIP) is `make paper-dryrun`."""
 import os
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ TINY = dict(model_name="UC-TinyViT", pretrained="", image_size=32, context_lengt
 EXTRA = {"20_within_domain": dict(budget_steps=2), "21_ablation_sam": dict(seeds=[0]),
          "22_ablation_lmm": dict(seeds=[0]), "23_cross_domain": dict(seeds=[0]), "24_retrieval_demo": dict(k=3)}
 WRITES = {"20_within_domain": "within_domain", "21_ablation_sam": "ablation_sam", "22_ablation_lmm": "ablation_lmm",
-          "23_cross_domain": "cross_domain", "25_paper_vs_ours": "paper_vs_ours"}
+          "23_cross_domain": "cross_domain", "25_paper_vs_ours": "paper_vs_ours", "26_rs_benchmarks": "rs_benchmarks"}
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +39,18 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
     out.mkdir(parents=True)
     nbs = experiment_notebooks(ROOT / "nbs")
     assert [p.stem for p in nbs] == ["20_within_domain", "21_ablation_sam", "22_ablation_lmm", "23_cross_domain",
-                                     "24_retrieval_demo", "25_paper_vs_ours"]
+                                     "24_retrieval_demo", "25_paper_vs_ours", "26_rs_benchmarks"]
     for nb in nbs:
         params = dict(profile="smoke", overrides={**TINY, "trainable": regime}, **EXTRA.get(nb.stem, {}))
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent),
                             kernel_name="python3", progress_bar=False)
         if nb.stem in WRITES:
-            table = pd.read_csv(tiny_root / "results" / f"{WRITES[nb.stem]}.csv")
+            table = pd.read_csv(tiny_root / "results" / "smoke" / f"{WRITES[nb.stem]}.csv")
             assert len(table), nb.stem
-    cross = pd.read_csv(tiny_root / "results" / "cross_domain_runs.csv")
+    cross = pd.read_csv(tiny_root / "results" / "smoke" / "cross_domain_runs.csv")
     from urbancross.protocols import PROTOCOLS
     assert set(cross.protocol) == set(PROTOCOLS) and len(cross) == 6 * len(PROTOCOLS)
     assert cross.mR.between(0, 100).all()
-    within = pd.read_csv(tiny_root / "results" / "within_domain.csv")
+    within = pd.read_csv(tiny_root / "results" / "smoke" / "within_domain.csv")
     assert (within.model == "end to end").sum() == 3
+    assert not (tiny_root / "results" / "within_domain.csv").exists()        # tables are kept per profile

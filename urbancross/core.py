@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['PROFILES', 'get_logger', 'project_root', 'atomic_write', 'atomic_torch_save', 'safe_torch_load', 'seed_everything',
-           'get_device', 'Config', 'get_config', 'Registry', 'paths', 'git_sha', 'save_fig']
+__all__ = ['PROFILES', 'PER_PROFILE', 'get_logger', 'project_root', 'atomic_write', 'atomic_torch_save', 'safe_torch_load',
+           'seed_everything', 'get_device', 'set_tf32', 'Config', 'get_config', 'Registry', 'paths', 'git_sha',
+           'save_fig']
 
 # %% ../nbs/00_core.ipynb 5
 def get_logger(name: str = "urbancross") -> logging.Logger:
@@ -103,6 +104,11 @@ def get_device(preference: str = "auto") -> torch.device:
         raise RuntimeError(f"device {preference!r} requested but no CUDA device is available")
     return torch.device(preference)
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions (Ampere and later); no effect on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
 # %% ../nbs/00_core.ipynb 21
 @dataclass
 class Config:
@@ -136,6 +142,8 @@ class Config:
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
     amp: str = "off"                       # 'off' | 'bf16' | 'fp16' (with GradScaler); CUDA only
+    tf32: bool = True                      # TF32 matmuls/convolutions on CUDA (Ampere and later)
+    grad_checkpointing: bool = False       # recompute tower activations in backward (open_clip's set_grad_checkpointing)
     checkpoint_every: int = 0              # also save every N steps (0: at epoch ends only)
     cache_features: bool = True            # trainable='heads': read cached trunk features instead of images
     views: int = 4                         # cached rotations per image (k * 90 degrees) on that path
@@ -196,7 +204,7 @@ PROFILES: dict[str, dict] = {
     # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",
                   image_size=224, context_length=77, epochs=20, batch_size=40, lr=1e-5, lr_backbone=1e-5,
-                  weight_decay=0.2, amp="bf16", trainable="all", num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
+                  weight_decay=0.2, amp="bf16", grad_checkpointing=True, trainable="all", num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
                   sam_checkpoint="data/checkpoints/sam_vit_h_4b8939.pth", segment_size=224,
                   lmm_model="Salesforce/instructblip-vicuna-7b", da_epochs=5, da_lr=1e-7,
                   source_batch=80, target_batch=16),
@@ -231,11 +239,13 @@ class Registry(dict):
         return self[name]
 
 # %% ../nbs/00_core.ipynb 28
-def paths(root: str | Path | None = None) -> dict[str, Path]:
-    """The compendium's folders: data, results, figures, outputs, checkpoints, cache."""
+PER_PROFILE = ("results", "figures", "outputs")
+
+def paths(root: str | Path | None = None, profile: str | None = None) -> dict[str, Path]:
+    """The compendium's folders: data, results, figures, outputs, checkpoints, cache (the first three per `profile`)."""
     root = Path(root) if root else project_root()
     names = ["data", "results", "figures", "outputs", "checkpoints"]
-    out = {n: root / n for n in names}
+    out = {n: root / n / profile if profile and n in PER_PROFILE else root / n for n in names}
     out["cache"] = root / "data" / "cache"
     out["root"] = root
     return out
@@ -249,9 +259,11 @@ def git_sha(root: str | Path | None = None) -> str:
         return "unknown"
 
 # %% ../nbs/00_core.ipynb 29
-def save_fig(fig, name: str, params: dict | None = None, figures_dir: str | Path | None = None) -> Path:
-    """Save `fig` as `figures/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
-    out = Path(figures_dir) if figures_dir else paths()["figures"]
+def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None) -> Path:
+    """Save `fig` as `figures/<params['profile']>/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
+    if figures_dir is None and not (params or {}).get("profile"):
+        raise ValueError(f"save_fig({name!r}): params has no 'profile'; pass cfg.to_dict() (figures are kept per profile)")
+    out = Path(figures_dir) if figures_dir else paths(profile=params["profile"])["figures"]
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
     with atomic_write(png, "wb") as f:

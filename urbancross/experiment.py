@@ -7,6 +7,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,21 +17,29 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from .core import Config, Registry, atomic_write, get_logger, git_sha, paths
+from .core import PROFILES, Config, Registry, atomic_write, get_config, get_logger, git_sha, paths
 from .data import load_karpathy_json, load_urbancross_country, read_manifest
 
 # %% auto 0
-__all__ = ['log', 'DATASETS', 'data_root', 'load_profile_data', 'profile_segments', 'profile_bank', 'prepare', 'select',
-           'seed_summary', 'write_results', 'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'run_all',
-           'parse_settings', 'main']
+__all__ = ['log', 'DATASETS', 'PATH_FIELDS', 'DATA_README', 'resolve_path', 'data_root', 'load_profile_data',
+           'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare', 'select', 'seed_summary',
+           'write_results', 'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters',
+           'run_all', 'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
 
 # %% ../nbs/14_experiment.ipynb 6
+def resolve_path(path: str | Path) -> Path:
+    """`path` if absolute; else under the working directory if it exists there, else under the project root."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return next((q for q in (Path.cwd() / p, paths()["root"] / p) if q.exists()), paths()["root"] / p).resolve()
+
 def data_root(cfg: Config) -> Path:
-    """Where the real datasets live: `cfg.data_root` or `data/raw`."""
-    return Path(cfg.data_root) if cfg.data_root else paths()["data"] / "raw"
+    """Where the real datasets live: `cfg.data_root` (see `resolve_path`) or `data/raw`."""
+    return resolve_path(cfg.data_root) if cfg.data_root else paths()["data"] / "raw"
 
 DATASETS = Registry("dataset")
 
@@ -54,15 +63,29 @@ def load_profile_data(cfg: Config) -> pd.DataFrame:
     return DATASETS.get(cfg.data_source)(cfg, data_root(cfg))
 
 # %% ../nbs/14_experiment.ipynb 10
-def profile_segments(cfg: Config, df: pd.DataFrame, cache_root: str | Path | None = None) -> tuple[dict, dict]:
-    """{image_id: (crops, valid)} of the first `cfg.num_seg_stored` segments of every image, and cache stats."""
-    from urbancross.segments import SegmentCache, read_segments, segment_config, segment_manifest, segmenter_from_config
+def release_segment_zips(cfg: Config, df: pd.DataFrame) -> dict[str, Path]:
+    """{domain: its release `image_segments.zip`} for the UrbanCross countries of `df` that ship one."""
+    if cfg.data_source != "urbancross":
+        return {}
+    root, out = data_root(cfg), {}
+    for d in sorted(set(df.domain)):
+        z = next((f / "image_segments.zip" for f in (root / d.capitalize(), root / d.lower())
+                  if (f / "image_segments.zip").is_file()), None)
+        if z is not None:
+            out[d] = z
+    return out
+
+def profile_segments(cfg: Config, df: pd.DataFrame, cache_root: str | Path | None = None) -> tuple:
+    """(`SegmentStore` of the first `cfg.num_seg_stored` segments of every image, read on access; cache stats)."""
+    from urbancross.segments import SegmentCache, SegmentStore, segment_config, segment_manifest, segmenter_from_config
     root = Path(cache_root) if cache_root else paths()["cache"]
+    zips = release_segment_zips(cfg, df)
     table, stats = segment_manifest(df, segmenter_from_config(cfg), SegmentCache(root / "segments"), cfg.num_seg_stored,
-                                    segment_config(cfg))
-    log.info(f"segments: {stats['images']} images, {stats['hits']} cache hits, {stats['misses']} computed "
+                                    segment_config(cfg), release=zips)
+    log.info(f"segments: {stats['images']} images, {stats.get('from_release', 0)} from release zips "
+             f"({', '.join(map(str, zips.values())) or 'none'}), {stats['hits']} cache hits, {stats['misses']} computed "
              f"in {stats['seconds']:.1f} s")
-    return {i: read_segments(p, cfg.num_seg_stored) for i, p in zip(table.image_id, table.segment_path)}, stats
+    return SegmentStore(table, cfg.num_seg_stored), stats
 
 def profile_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None,
                  segments: dict | None = None) -> tuple:
@@ -111,14 +134,14 @@ def seed_summary(runs: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str]
 # %% ../nbs/14_experiment.ipynb 18
 def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
                   results_dir: str | Path | None = None) -> pd.DataFrame:
-    """Write `results/<name>.csv` with profile, seed and git SHA columns added; returns the table."""
+    """Write `results/<profile>/<name>.csv` with profile, seed and git SHA columns added; returns the table."""
     df = pd.DataFrame(rows).copy()
     for col, val in (("profile", cfg.profile), ("git_sha", git_sha())):
         if col not in df.columns:
             df[col] = val
     if "seed" not in df.columns:
         df["seed"] = cfg.seed
-    out = Path(results_dir) if results_dir else paths()["results"]
+    out = Path(results_dir) if results_dir else paths(profile=cfg.profile)["results"]
     with atomic_write(out / f"{name}.csv") as f:
         df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
     return df
@@ -155,19 +178,26 @@ def literal_parameters(nb_path: str | Path) -> dict:
     return out
 
 # %% ../nbs/14_experiment.ipynb 22
+def notebook_parameters(nb: Path, params: dict) -> dict:
+    """The entries of `params` that notebook `nb` declares in its parameters cell."""
+    declared = literal_parameters(nb)
+    return {k: v for k, v in params.items() if k in declared}
+
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
-            out_dir: str | Path | None = None, overrides: dict | None = None) -> list[dict]:
+            out_dir: str | Path | None = None, overrides: dict | None = None, params: dict | None = None) -> list[dict]:
     """Run experiment notebooks in order with papermill; stop at the first failure."""
     import papermill as pm
     nbs = [Path(n) for n in notebooks] if notebooks else experiment_notebooks()
-    out_dir = Path(out_dir) if out_dir else paths()["outputs"] / profile
+    out_dir = Path(out_dir) if out_dir else paths(profile=profile)["outputs"]
     out_dir.mkdir(parents=True, exist_ok=True)
     done, t_all = [], time.time()
     for k, nb in enumerate(nbs, 1):
-        print(f"[{k}/{len(nbs)}] {nb.name} (profile={profile}) ...", flush=True)
+        extra = notebook_parameters(nb, params or {})
+        print(f"[{k}/{len(nbs)}] {nb.name} (profile={profile}{''.join(f', {a}={b!r}' for a, b in extra.items())}) ...", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters=dict(profile=profile, overrides=dict(overrides or {})),
+            pm.execute_notebook(str(nb), str(out_dir / nb.name),
+                                parameters=dict(profile=profile, overrides=dict(overrides or {}), **extra),
                                 cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
         except pm.PapermillExecutionError as e:
             first = (e.source or "").strip().splitlines()[:1]
@@ -200,21 +230,151 @@ def parse_settings(items: Sequence[str]) -> dict:
         out[key] = tuple(value) if isinstance(default, tuple) else (float(value) if isinstance(default, float) else value)
     return out
 
+def parse_params(items: Sequence[str], notebooks: Sequence[Path]) -> dict:
+    """`["name=literal", ...]` as notebook parameters; a name no notebook declares is an error."""
+    declared = {k: type(v) for nb in notebooks for k, v in literal_parameters(nb).items()}
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key in ("profile", "overrides"):
+            raise ValueError(f"--param {item!r}: expected name=value (profile and overrides have their own options)")
+        if key not in declared:
+            raise ValueError(f"--param {key}: no selected notebook has this parameter; they have {sorted(declared)}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw if declared[key] is str else None
+        if out[key] is None or (declared[key] is not type(None) and not isinstance(out[key], declared[key])):
+            raise ValueError(f"--param {key}={raw!r}: expected a {declared[key].__name__} literal")
+    return out
+
+# %% ../nbs/14_experiment.ipynb 24
+PATH_FIELDS = ("data_root", "sam_checkpoint", "pretrained", "lmm_model")
+DATA_README = "data/README.md"
+
+def resolve_settings(overrides: dict) -> dict:
+    """`overrides` with relative paths that exist under the working directory made absolute."""
+    out = dict(overrides)
+    for key in PATH_FIELDS:
+        v = out.get(key)
+        if v and not Path(v).expanduser().is_absolute() and (Path.cwd() / v).exists():
+            out[key] = str((Path.cwd() / v).resolve())
+    return out
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+def _missing(what: str, section: str) -> str:
+    return f"{what} (see {DATA_README}, section '{section}')"
+
+def _data_problems(cfg: Config, source: str) -> list[str]:
+    root, out = data_root(cfg), []
+    if source == "urbancross":
+        for d in cfg.domains:
+            folder = next((f for f in (root / d.capitalize(), root / d.lower()) if f.is_dir()), None)
+            if folder is None:
+                out.append(_missing(f"UrbanCross folder {root / d.capitalize()} does not exist", "Real datasets (paper profile)"))
+                continue
+            csv = folder / f"instructblip_generation_{d.lower()}_refine.csv"
+            if not csv.is_file():
+                out.append(_missing(f"{csv} does not exist", "Real datasets (paper profile)"))
+            if not ((folder / "images.zip").is_file() or (folder / "images").is_dir()):
+                out.append(_missing(f"{folder} has neither images.zip nor images/", "Real datasets (paper profile)"))
+    elif source in ("rsicd", "rsitmd"):
+        folder, name = root / source.upper(), {"rsicd": "dataset_rsicd.json", "rsitmd": "dataset_RSITMD.json"}[source]
+        for p, kind in ((folder / name, "file"), (folder / "images", "folder")):
+            if not (p.is_file() if kind == "file" else p.is_dir()):
+                out.append(_missing(f"{source.upper()} {kind} {p} does not exist", "Real datasets (paper profile)"))
+    elif source not in DATASETS:
+        out.append(f"data_source={source!r} is not a dataset; choose one of {sorted(DATASETS)}")
+    return out
+
+def _weights_problems(cfg: Config) -> list[str]:
+    import open_clip
+    from urbancross.towers import TOWERS, resolve_model_name, resolve_weights
+    try:
+        pre = resolve_weights(cfg.pretrained)
+    except FileNotFoundError as e:
+        return [str(e)]
+    if pre in ("", "local") or Path(pre).is_file() or cfg.model_name in TOWERS:
+        return []
+    name = resolve_model_name(cfg.model_name, pre)
+    if name not in open_clip.list_models():
+        return [f"model_name={cfg.model_name!r} is not an open_clip model or a registered backbone"]
+    hub = open_clip.get_pretrained_cfg(name, pre).get("hf_hub", "")
+    if not hub and not open_clip.get_pretrained_cfg(name, pre):
+        tags = [t for m, t in open_clip.list_pretrained() if m == name]
+        return [f"pretrained={pre!r} is not an open_clip tag of {name} (tags: {tags}) nor an existing file"]
+    if _hub_offline() and hub:
+        from huggingface_hub import try_to_load_from_cache
+        repo = hub.strip("/")
+        if not any(isinstance(try_to_load_from_cache(repo, f), str)
+                   for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
+            return [_missing(f"CLIP weights {name}/{pre} are not in the Hugging Face cache and HF_HUB_OFFLINE is set "
+                             f"(fetch them online once, or pass a file with --set pretrained=...)", "CLIP (open_clip)")]
+    return []
+
+def _model_problems(cfg: Config) -> list[str]:
+    from urbancross.segments import _auto_segmenter
+    out = []
+    if cfg.use_sam and cfg.segmenter == "sam":
+        kind, found, why = _auto_segmenter(cfg.sam_checkpoint or None)
+        if kind != "sam":
+            out.append(_missing(f"segmenter='sam' but {why}", "SAM"))
+    if cfg.lmm_model:
+        local = Path(cfg.lmm_model).expanduser()
+        if cfg.lmm_model.startswith((".", "/", "~")) or local.exists():
+            if not (local / "config.json").is_file():
+                out.append(_missing(f"lmm_model folder {local} has no config.json", "InstructBLIP"))
+        elif _hub_offline():
+            from huggingface_hub import try_to_load_from_cache
+            if not isinstance(try_to_load_from_cache(cfg.lmm_model, "config.json"), str):
+                out.append(_missing(f"LMM {cfg.lmm_model!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+                                    "InstructBLIP"))
+    if cfg.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            out.append(f"device={cfg.device!r} but no CUDA device is available (use --set device=cpu for a CPU run)")
+    return out
+
+def preflight(cfg: Config, notebooks: Sequence[str | Path] = ()) -> list[str]:
+    """What a run of `notebooks` under `cfg` needs and does not find; each entry names where to fetch it."""
+    out = _data_problems(cfg, cfg.data_source)
+    if cfg.profile != "smoke" and any("rs_benchmarks" in Path(n).stem for n in notebooks):
+        out += [p for s in ("rsicd", "rsitmd") if s != cfg.data_source for p in _data_problems(cfg, s)]
+    return out + _weights_problems(cfg) + _model_problems(cfg)
+
+# %% ../nbs/14_experiment.ipynb 25
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m urbancross.experiment --profile smoke [--only NAME ...] [--set key=value ...]`."""
+    """Command line: `python -m urbancross.experiment --profile paper [--only NAME ...] [--set key=value ...] [--param name=value ...]`."""
     ap = argparse.ArgumentParser(description="Run every UrbanCross experiment notebook with papermill.")
-    ap.add_argument("--profile", default="smoke", choices=["smoke", "paper"])
+    ap.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
     ap.add_argument("--only", nargs="*", help="notebook names to run (default: all experiment notebooks)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Config overrides, e.g. data_root=/data")
+    ap.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="a notebook parameter (a Python literal, e.g. seeds=[0]) for the notebooks that declare it")
+    ap.add_argument("--preflight-only", action="store_true", help="check data, checkpoints and weights, then stop")
     a = ap.parse_args(argv)
-    overrides = parse_settings(a.set)
     nbs = experiment_notebooks()
     if a.only:
         unknown = [o for o in a.only if not any(o in (p.name, p.stem) for p in nbs)]
         if unknown:
             raise SystemExit(f"--only {unknown}: no such experiment notebook; choose from {[p.stem for p in nbs]}")
         nbs = [p for p in nbs if p.name in a.only or p.stem in a.only]
-    run_all(a.profile, nbs, overrides=overrides)
+    try:
+        overrides, params = resolve_settings(parse_settings(a.set)), parse_params(a.param, nbs)
+        cfg = get_config(a.profile, **overrides)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}")
+    problems = preflight(cfg, nbs)
+    for p in problems:
+        print(f"preflight: {p}", flush=True)
+    if problems:
+        raise SystemExit(f"preflight found {len(problems)} problem(s); nothing was run")
+    print(f"preflight: profile={a.profile} data={cfg.data_source} model={cfg.model_name} "
+          f"pretrained={cfg.pretrained or 'random init'}: everything needed is there", flush=True)
+    if not a.preflight_only:
+        run_all(a.profile, nbs, overrides=overrides, params=params)
 
 if __name__ == "__main__" and "IPython" not in sys.modules:   # run as a script, not in a notebook
     main()

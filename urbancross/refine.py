@@ -28,7 +28,8 @@ __all__ = ['log', 'PROMPTS', 'NUMBER_WORDS', 'TAGGED_NOUNS', 'STAGES', 'CAPTIONE
            'CleanedCaption', 'clean_caption', 'CaptionItem', 'items_from_manifest', 'Captioner', 'EmbeddedCaptioner',
            'resolve_dtype', 'load_instructblip', 'InstructBlipCaptioner', 'tiny_tokenizer', 'tiny_instructblip',
            'make_captioner', 'captioner_from_config', 'cache_key', 'CaptionCache', 'refine_manifest', 'refine_csv_name',
-           'write_refine_csv', 'read_refine_csv', 'default_cache_path', 'caption_variant']
+           'write_refine_csv', 'read_refine_csv', 'default_cache_path', 'has_geo_tags', 'write_release_captions',
+           'caption_variant']
 
 # %% ../nbs/04_refine.ipynb 5
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach a model hub implicitly
@@ -664,6 +665,15 @@ def default_cache_path(model_id: str) -> Path:
     slug = re.sub(r"[^\w.-]+", "_", str(model_id)).strip("_")[-80:] or "model"
     return paths()["cache"] / "captions" / f"{slug}.jsonl"
 
+def has_geo_tags(df: pd.DataFrame) -> bool:
+    """Whether every image of the manifest has a non-empty geo-tag string."""
+    return "tags" in df.columns and len(df) > 0 and all(bool(format_tags(t)) for t in df.tags.fillna(""))
+
+def write_release_captions(refined: pd.DataFrame, cfg: Config) -> list[Path]:
+    """The refined captions of every domain as release CSVs in `outputs/<profile>/captions/`."""
+    folder = paths(profile=cfg.profile)["outputs"] / "captions"
+    return [write_refine_csv(refined, folder, d) for d in sorted(set(refined.domain)) if refined[refined.domain == d].ok.any()]
+
 def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config | None = None,
                     refined: pd.DataFrame | None = None, cache_path: str | Path | None = None) -> pd.DataFrame:
     """The manifest with refined captions (`use_lmm=True`) or the geo-tag string as its only caption (False)."""
@@ -677,10 +687,11 @@ def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config |
         out["captions"] = [[format_tags(t)] for t in out.tags]
         log.info(f"caption_variant use_lmm=False: the geo-tag string is the only caption of {len(out)} images")
         return out
-    if refined is None and cfg is not None and cfg.lmm_model and cfg.data_source == "embedded":
+    if refined is None and cfg is not None and cfg.lmm_model:
         captioner = captioner_from_config(cfg)
         if captioner.is_lmm:
             refined, _ = refine_manifest(df, captioner, CaptionCache(cache_path or default_cache_path(captioner.model_id)))
+            write_release_captions(refined, cfg)
     if refined is None:
         source = cfg.data_source if cfg is not None else "the manifest"
         log.info(f"caption_variant use_lmm=True: captions as shipped with the data ({source}), {len(out)} images")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,13 +21,14 @@ from torchvision import transforms as T
 
 import copy
 
-from .core import Config, Registry, get_device, get_logger
+from .core import Config, Registry, get_device, get_logger, project_root, set_tf32
 
 # %% auto 0
-__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'minilm_path', 'efficientnet_lite0_path',
-           'smoke_model_config', 'register_model_config', 'efficientnet_lite0_state_dict', 'load_efficientnet_lite0',
-           'RandomRot90', 'make_transforms', 'tiny_clip_config', 'split_projection', 'head_width', 'ResidualAdapter',
-           'make_head', 'masked_mean', 'RetrievalModel', 'resolve_model_name', 'build_model', 'block_stack',
+__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'WEIGHT_SUFFIXES', 'minilm_path',
+           'efficientnet_lite0_path', 'smoke_model_config', 'register_model_config', 'efficientnet_lite0_state_dict',
+           'load_efficientnet_lite0', 'RandomRot90', 'make_transforms', 'tiny_clip_config', 'split_projection',
+           'head_width', 'ResidualAdapter', 'make_head', 'masked_mean', 'RetrievalModel', 'resolve_model_name',
+           'resolve_weights', 'is_torchscript', 'load_torchscript_weights', 'build_model', 'block_stack',
            'top_parameter_names', 'set_trainable', 'param_groups', 'embed_images', 'embed_texts']
 
 # %% ../nbs/06_towers.ipynb 4
@@ -301,18 +303,62 @@ def resolve_model_name(name: str, pretrained: str) -> str:
         return f"{name}-quickgelu"
     return name
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+
+def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
+    """`pretrained` as an absolute file path if it names a file (cwd first, then the project root), else the tag."""
+    if not pretrained or pretrained == "local":
+        return pretrained
+    p = Path(pretrained).expanduser()
+    places = [p] if p.is_absolute() else list(dict.fromkeys([Path.cwd() / p, Path(root or project_root()) / p]))
+    if found := next((q for q in places if q.is_file()), None):
+        return str(found.resolve())
+    if p.suffix in WEIGHT_SUFFIXES or "/" in pretrained or os.sep in pretrained:
+        raise FileNotFoundError(f"CLIP weights {pretrained!r} not found (looked for {' and '.join(map(str, places))}); "
+                                f"see data/README.md, section 'CLIP (open_clip)'")
+    return pretrained
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether `path` is a TorchScript archive (a zip with a `code/` folder), like OpenAI's CLIP files."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
+    """Copy the tensors of a TorchScript CLIP archive into `clip` by name (strict); returns the tensor count."""
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    own = clip.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not (k in ("input_resolution", "context_length", "vocab_size")
+                                                                 or k.endswith("attn_mask"))}
+    try:
+        clip.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"TorchScript weights {path} do not fit this model: {str(e)[:300]}; "
+                         f"is model_name right (OpenAI files need the -quickgelu variant)?") from e
+    return len(state)
+
 def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
-    name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), cfg.pretrained
+    name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), resolve_weights(cfg.pretrained)
     if pre == "local":
         raise ValueError(f"pretrained='local' means the shipped smoke towers; give {name!r} an open_clip tag or a file")
-    clip = open_clip.create_model(name, pretrained=pre or None, force_image_size=cfg.image_size)
+    script = bool(pre) and Path(pre).is_file() and is_torchscript(pre)
+    clip = open_clip.create_model(name, pretrained=None if script or not pre else pre, force_image_size=cfg.image_size)
+    if script:
+        n = load_torchscript_weights(clip, pre)
+        log.info(f"model {name}: {n} tensors from the TorchScript archive {pre}")
     return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
 
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
     """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`."""
-    device = device or get_device(cfg.device)
+    device = torch.device(device) if device else get_device(cfg.device)
     builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
     clip, mean, std = builder(cfg)
+    if cfg.grad_checkpointing:
+        clip.set_grad_checkpointing(True)
+    if device.type == "cuda":
+        set_tf32(cfg.tf32)
     log.info(f"model {cfg.model_name}: weights {cfg.pretrained or 'random init'}, adapters {cfg.adapter_blocks}, "
              f"segment tower {cfg.segment_tower}")
     train_tf, eval_tf = make_transforms(cfg.image_size, mean, std)
@@ -321,7 +367,7 @@ def build_model(cfg: Config, device: str | torch.device | None = None) -> Retrie
                            train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
     return model.to(device)
 
-# %% ../nbs/06_towers.ipynb 44
+# %% ../nbs/06_towers.ipynb 48
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the tower's largest list of repeated blocks."""
     best, best_n = None, -1
@@ -384,7 +430,7 @@ def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_de
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 48
+# %% ../nbs/06_towers.ipynb 52
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""
