@@ -64,7 +64,10 @@ def test_missing_image_in_manifest_dataset(tmp_path):
     df = read_manifest(m)
     (tmp_path / "im1.png").unlink()
     with pytest.raises(FileNotFoundError, match="im1.png"):
-        ManifestDataset(df, transform=lambda im: im)
+        ManifestDataset(df, transform=lambda im: im, cache=True)       # decodes every image up front
+    lazy = ManifestDataset(df, transform=lambda im: im)                # default: decoded on access
+    with pytest.raises(FileNotFoundError, match="im1.png"):
+        [lazy[i] for i in range(len(lazy))]
 
 
 @pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
@@ -112,11 +115,13 @@ def test_garbage_with_image_extension(tmp_path):
         load_image(p)
 
 
-def test_corrupt_image_fails_when_dataset_is_built(tmp_path):
+def test_corrupt_image_fails_when_dataset_is_built_or_read(tmp_path):
     df = read_manifest(manifest_file(tmp_path))
     (tmp_path / "im0.png").write_bytes((tmp_path / "im0.png").read_bytes()[:30])
     with pytest.raises(ImageLoadError, match="im0.png"):
-        ManifestDataset(df, transform=lambda im: im)
+        ManifestDataset(df, transform=lambda im: im, cache=True)
+    with pytest.raises(ImageLoadError, match="im0.png"):
+        ManifestDataset(df, transform=lambda im: im)[0]
 
 
 # ---------------------------------------------------------------- images: zero size

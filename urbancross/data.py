@@ -505,7 +505,7 @@ def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.
 # %% ../nbs/01_data.ipynb 58
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
-    def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = True):
+    def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = False):
         self.df = df.reset_index(drop=True)
         self.transform, self.cache = transform, cache
         self.rng = np.random.default_rng(seed)
