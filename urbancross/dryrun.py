@@ -56,6 +56,7 @@ def make_dryrun_root(workdir: str | Path, images_per_domain: int = 12, rs_images
 # %% ../nbs/17_dryrun.ipynb 14
 def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), images_per_domain: int = 12) -> dict:
     """Run every experiment notebook through the paper profile's front door on fixture data; rc and seconds."""
+    keep = workdir is not None                      # a temporary root is removed after a successful run
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="urbancross-dryrun-"))
     t0 = time.time()
     made = make_dryrun_root(workdir, images_per_domain=images_per_domain)
@@ -71,9 +72,14 @@ def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), im
     outs = workdir / "outputs" / "paper"
     missing = [n for n in expected if not (outs / n).exists()]
     seconds = round(time.time() - t0, 1)
+    rc = rc if not missing else (rc or 1)
+    kept = rc != 0 or keep
     print(f"dry run: rc={rc}, {len(expected) - len(missing)}/{len(expected)} notebooks executed "
-          f"({', '.join(missing) or 'none'} missing) in {seconds} s; outputs in {outs}", flush=True)
-    return dict(rc=rc if not missing else (rc or 1), seconds=seconds, workdir=workdir, missing=missing)
+          f"({', '.join(missing) or 'none'} missing) in {seconds} s; "
+          + (f"outputs in {outs}" if kept else "temporary root removed (pass --workdir to keep it)"), flush=True)
+    if not kept:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return dict(rc=rc, seconds=seconds, workdir=workdir, missing=missing)
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: `python -m urbancross.dryrun [--workdir DIR] [--only NAME ...]`; exits with the run's code."""
