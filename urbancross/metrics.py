@@ -71,41 +71,79 @@ def score_blocks(queries: torch.Tensor, gallery: torch.Tensor, block_size: int =
     for start in range(0, len(queries), block_size):
         yield start, queries[start:start + block_size] @ gallery.T
 
-# %% ../nbs/05_metrics.ipynb 19
-def _i2t_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
-               block_size: int) -> torch.Tensor:
-    """Per image: captions scoring strictly above its best own caption, blockwise over images."""
-    ranks = []
-    for start, scores in score_blocks(image_emb, text_emb, block_size):
-        own = ((text_to_image >= start) & (text_to_image < start + len(scores))).nonzero().flatten()
-        rows = text_to_image[own] - start
-        best = scores.new_full((len(scores),), -torch.inf).scatter_reduce(0, rows, scores[rows, own], "amax")
-        ranks.append((scores > best[:, None]).sum(1))
-    return torch.cat(ranks)
+# %% ../nbs/05_metrics.ipynb 21
+def _balanced_starts(n: int, block_size: int) -> list[int]:
+    """Start indices of the fewest near-equal blocks of at most `block_size` items, then `n`."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive number of queries; got {block_size}")
+    n_blocks = -(-n // block_size)
+    return [i * n // n_blocks for i in range(n_blocks + 1)]
 
-# %% ../nbs/05_metrics.ipynb 20
-def _t2i_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
-               block_size: int) -> torch.Tensor:
-    """Per caption: images scoring strictly above its own image, blockwise over captions."""
-    ranks = []
-    for start, scores in score_blocks(text_emb, image_emb, block_size):
-        own = scores.gather(1, text_to_image[start:start + len(scores), None])
-        ranks.append((scores > own).sum(1))
-    return torch.cat(ranks)
+# %% ../nbs/05_metrics.ipynb 24
+def _staircase(starts: list[int], group_starts: list[int], capacity: int
+               ) -> Iterator[tuple[int, int, int, int, bool]]:
+    """Yield score pieces covering the sorted score matrix once, in the order of the one-pass schedule."""
+    for k in range(len(starts) - 1):
+        s, e, lo, hi = starts[k], starts[k + 1], group_starts[k], group_starts[k + 1]
+        yield s, e, lo, hi, True                       # image block k x its own captions
+        if lo: yield s, e, 0, lo, False                # image block k x earlier caption groups
+        step = max(1, capacity // (hi - lo))
+        for r in range(0, s, step):                    # earlier image blocks x caption group k
+            yield r, min(r + step, s), lo, hi, False
 
-# %% ../nbs/05_metrics.ipynb 22
+# %% ../nbs/05_metrics.ipynb 30
+_MASK_ELEMENTS = 1 << 20  # floats in the comparison mask (4 MB): a chunk of rows stays in cache
+
+def _count_above(scores: torch.Tensor, best: torch.Tensor, own: torch.Tensor, i2t: torch.Tensor,
+                 t2i: torch.Tensor, mask: torch.Tensor) -> None:
+    """Add to `i2t[r]` the scores of row `r` above `best[r]`, to `t2i[c]` those of column `c` above `own[c]`; overwrites `scores`."""
+    rows = max(1, len(mask) // scores.shape[1])
+    ones = mask.new_ones(min(rows, len(scores)))
+    row_dtype = torch.float64 if scores.shape[1] >= 2**24 else None
+    for r in range(0, len(scores), rows):
+        part = scores[r:r + rows]
+        above_own = torch.gt(part, own[None], out=mask[:part.numel()].view_as(part))
+        t2i += (ones[:len(part)] @ above_own).long()
+        i2t[r:r + rows] += part.gt_(best[r:r + rows, None]).sum(1, dtype=row_dtype).long()
+
+# %% ../nbs/05_metrics.ipynb 33
+def _one_pass_ranks(image_emb: torch.Tensor, sorted_text_emb: torch.Tensor, owner: torch.Tensor,
+                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(i2t, t2i)` ranks from one pass over the scores; captions sorted by image, t2i in that order."""
+    img, txt, device = image_emb, sorted_text_emb, image_emb.device
+    starts = _balanced_starts(len(img), block_size)
+    group_starts = torch.searchsorted(owner, torch.tensor(starts, device=device)).tolist()
+    capacity = max(b - a for a, b in zip(starts, starts[1:])) * len(txt)
+    buffer, mask = img.new_empty(capacity), img.new_empty(min(capacity, max(_MASK_ELEMENTS, len(txt))))
+    own, best = txt.new_empty(len(txt)), img.new_empty(len(img))
+    i2t = torch.zeros(len(img), dtype=torch.long, device=device)
+    t2i = torch.zeros(len(txt), dtype=torch.long, device=device)
+    for r0, r1, c0, c1, diagonal in _staircase(starts, group_starts, capacity):
+        scores = torch.mm(img[r0:r1], txt[c0:c1].T, out=buffer[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+        if diagonal:  # own scores of this caption group, best own score of this image block
+            rows = owner[c0:c1] - r0
+            own[c0:c1] = scores[rows, torch.arange(c1 - c0, device=device)]
+            best[r0:r1] = scores.new_full((r1 - r0,), -torch.inf).scatter_reduce(0, rows, own[c0:c1], "amax")
+        _count_above(scores, best[r0:r1], own[c0:c1], i2t[r0:r1], t2i[c0:c1], mask)
+    return i2t, t2i
+
+# %% ../nbs/05_metrics.ipynb 35
 def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
                     block_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """0-based `(i2t ranks per image, t2i ranks per caption)` under cosine scores, computed blockwise."""
+    """0-based `(i2t ranks per image, t2i ranks per caption)` under cosine scores, in one blockwise pass."""
     check_embeddings(image_emb, text_emb)
     check_text_to_image(text_to_image, len(image_emb), len(text_emb))
     img = F.normalize(image_emb.detach().float(), dim=1)
-    txt = F.normalize(text_emb.detach().float(), dim=1).to(img.device)
-    t2i = text_to_image.long().to(img.device)
+    owner = text_to_image.long().to(img.device)
+    order = torch.argsort(owner, stable=True)
+    txt = F.normalize(text_emb.detach()[order.to(text_emb.device)].float(), dim=1).to(img.device)
     with torch.no_grad():
-        return _i2t_ranks(img, txt, t2i, block_size), _t2i_ranks(img, txt, t2i, block_size)
+        i2t, t2i_sorted = _one_pass_ranks(img, txt, owner[order], block_size)
+    t2i = torch.empty_like(t2i_sorted)
+    t2i[order] = t2i_sorted
+    return i2t, t2i
 
-# %% ../nbs/05_metrics.ipynb 30
+# %% ../nbs/05_metrics.ipynb 43
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
                       block_size: int = 1024, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """`i2t_R@k` and `t2i_R@k` (percent) for each `k` in `ks`, and `mR`, their mean; standard protocol."""
@@ -114,10 +152,10 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     out |= {f"t2i_{k}": v for k, v in recall_at_k(t2i, ks).items()}
     return out | {"mR": sum(out.values()) / len(out)}
 
-# %% ../nbs/05_metrics.ipynb 32
+# %% ../nbs/05_metrics.ipynb 45
 METRIC_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR"]
 
-# %% ../nbs/05_metrics.ipynb 48
+# %% ../nbs/05_metrics.ipynb 67
 def square_matrix_metrics_upstream(image_emb: torch.Tensor, text_emb: torch.Tensor, block_size: int = 1024,
                                    ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Upstream UrbanCross metrics: row `i` (an image copy) has only caption `i` as positive; not the standard protocol."""
@@ -126,7 +164,7 @@ def square_matrix_metrics_upstream(image_emb: torch.Tensor, text_emb: torch.Tens
                          f"and {len(text_emb)} captions (pass image_emb[text_to_image])")
     return retrieval_metrics(image_emb, text_emb, torch.arange(len(text_emb)), block_size, ks)
 
-# %% ../nbs/05_metrics.ipynb 60
+# %% ../nbs/05_metrics.ipynb 79
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     """One row per result dict: id columns first, then `METRIC_COLUMNS`, then other `i2t_`/`t2i_` columns."""
     if not rows:
