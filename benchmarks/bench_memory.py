@@ -159,17 +159,11 @@ def run_case(n: int, variant: str, threads: int, trace: bool, config: dict = CON
 
 # ---------------------------------------------------------------------------- the sweep
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table of `rows` (columns in first-seen order; floats to 4 significant digits)."""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    cell = lambda v: (f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v))
-    body = [[cell(r.get(c)) for c in cols] for r in rows]
-    width = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-    line = lambda xs: "| " + " | ".join(x.ljust(w) for x, w in zip(xs, width)) + " |"
-    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in width) + "|", *map(line, body)])
+from bench import format_table  # noqa: E402  (the benchmarks' one table formatter; bench.py imports only the stdlib)
 
 
 def machine_line() -> str:
+    """bench.py's machine line without torch (this parent process must stay small)."""
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     try:
