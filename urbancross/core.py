@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['PROFILES', 'PER_PROFILE', 'get_logger', 'project_root', 'atomic_write', 'atomic_torch_save', 'safe_torch_load',
-           'seed_everything', 'get_device', 'set_tf32', 'Config', 'get_config', 'Registry', 'paths', 'git_sha',
-           'save_fig']
+__all__ = ['PROFILES', 'PER_PROFILE', 'get_logger', 'project_root', 'local_places', 'atomic_write', 'atomic_torch_save',
+           'safe_torch_load', 'seed_everything', 'get_device', 'set_tf32', 'Config', 'get_config', 'Registry', 'paths',
+           'git_sha', 'save_fig']
 
 # %% ../nbs/00_core.ipynb 5
 def get_logger(name: str = "urbancross") -> logging.Logger:
@@ -45,6 +45,11 @@ def project_root() -> Path:
             if (folder / "settings.ini").exists():
                 return folder
     return Path.cwd()
+
+def local_places(path: str | Path, root: str | Path | None = None) -> list[Path]:
+    """Where a path given by a user is looked for: itself if absolute, else under the cwd, then the project root."""
+    p = Path(path).expanduser()
+    return [p] if p.is_absolute() else list(dict.fromkeys([Path.cwd() / p, Path(root or project_root()) / p]))
 
 # %% ../nbs/00_core.ipynb 11
 def _umask() -> int:

@@ -17,7 +17,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from .core import PROFILES, Config, Registry, atomic_write, get_config, get_logger, git_sha, paths
+from .core import PROFILES, Config, Registry, atomic_write, get_config, get_logger, git_sha, local_places, paths
 from .data import load_karpathy_json, load_urbancross_country, read_manifest
 
 # %% auto 0
@@ -32,10 +32,8 @@ log = get_logger("urbancross.experiment")
 # %% ../nbs/14_experiment.ipynb 6
 def resolve_path(path: str | Path) -> Path:
     """`path` if absolute; else under the working directory if it exists there, else under the project root."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return p
-    return next((q for q in (Path.cwd() / p, paths()["root"] / p) if q.exists()), paths()["root"] / p).resolve()
+    places = local_places(path)
+    return next((q for q in places if q.exists()), places[-1]).resolve()
 
 def data_root(cfg: Config) -> Path:
     """Where the real datasets live: `cfg.data_root` (see `resolve_path`) or `data/raw`."""

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .core import Config, Registry, atomic_write, get_device, get_logger, paths, project_root, safe_torch_load
+from .core import Config, Registry, atomic_write, get_device, get_logger, local_places, paths, project_root, safe_torch_load
 from .data import ImageLoadError, load_image
 
 # %% auto 0
@@ -247,10 +247,7 @@ def state_dict_fingerprint(model: torch.nn.Module) -> str:
 # %% ../nbs/03_segments.ipynb 23
 def _checkpoint_places(path: str | Path, root: str | Path | None = None) -> list[Path]:
     """Where a checkpoint is looked for: itself if absolute, else under the working directory, then `root`."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        return [p]
-    return list(dict.fromkeys([Path.cwd() / p, Path(root or project_root()) / p]))
+    return local_places(path, root)
 
 def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path:
     """The checkpoint file `path`: as given if absolute, else under the working directory, then the project root."""

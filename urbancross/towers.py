@@ -21,7 +21,7 @@ from torchvision import transforms as T
 
 import copy
 
-from .core import Config, Registry, get_device, get_logger, project_root, set_tf32
+from .core import Config, Registry, get_device, get_logger, local_places, set_tf32
 
 # %% auto 0
 __all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'WEIGHT_SUFFIXES', 'minilm_path',
@@ -309,8 +309,7 @@ def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
     """`pretrained` as an absolute file path if it names a file (cwd first, then the project root), else the tag."""
     if not pretrained or pretrained == "local":
         return pretrained
-    p = Path(pretrained).expanduser()
-    places = [p] if p.is_absolute() else list(dict.fromkeys([Path.cwd() / p, Path(root or project_root()) / p]))
+    p, places = Path(pretrained).expanduser(), local_places(pretrained, root)
     if found := next((q for q in places if q.is_file()), None):
         return str(found.resolve())
     if p.suffix in WEIGHT_SUFFIXES or "/" in pretrained or os.sep in pretrained:
