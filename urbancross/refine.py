@@ -28,8 +28,8 @@ __all__ = ['log', 'PROMPTS', 'NUMBER_WORDS', 'TAGGED_NOUNS', 'STAGES', 'CAPTIONE
            'CleanedCaption', 'clean_caption', 'CaptionItem', 'items_from_manifest', 'Captioner', 'EmbeddedCaptioner',
            'resolve_dtype', 'load_instructblip', 'InstructBlipCaptioner', 'tiny_tokenizer', 'tiny_instructblip',
            'make_captioner', 'captioner_from_config', 'cache_key', 'CaptionCache', 'refine_manifest', 'refine_csv_name',
-           'write_refine_csv', 'read_refine_csv', 'default_cache_path', 'has_geo_tags', 'write_release_captions',
-           'caption_variant']
+           'write_refine_csv', 'read_refine_csv', 'default_cache_path', 'has_geo_tags', 'has_raw_captions',
+           'has_raw_text', 'write_release_captions', 'caption_variant']
 
 # %% ../nbs/04_refine.ipynb 5
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach a model hub implicitly
@@ -669,6 +669,15 @@ def has_geo_tags(df: pd.DataFrame) -> bool:
     """Whether every image of the manifest has a non-empty geo-tag string."""
     return "tags" in df.columns and len(df) > 0 and all(bool(format_tags(t)) for t in df.tags.fillna(""))
 
+def has_raw_captions(df: pd.DataFrame) -> bool:
+    """Whether the manifest has a `raw_captions` column with a non-empty list of non-empty strings for every image."""
+    return "raw_captions" in df.columns and len(df) > 0 and all(
+        isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(s, str) and s.strip() for s in c) for c in df.raw_captions)
+
+def has_raw_text(df: pd.DataFrame) -> bool:
+    """Whether the no-LMM variant exists: raw captions for every image, or geo-tags for every image."""
+    return has_raw_captions(df) or has_geo_tags(df)
+
 def write_release_captions(refined: pd.DataFrame, cfg: Config) -> list[Path]:
     """The refined captions of every domain as release CSVs in `outputs/<profile>/captions/`."""
     folder = paths(profile=cfg.profile)["outputs"] / "captions"
@@ -676,9 +685,14 @@ def write_release_captions(refined: pd.DataFrame, cfg: Config) -> list[Path]:
 
 def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config | None = None,
                     refined: pd.DataFrame | None = None, cache_path: str | Path | None = None) -> pd.DataFrame:
-    """The manifest with refined captions (`use_lmm=True`) or the geo-tag string as its only caption (False)."""
+    """The manifest with refined captions (`use_lmm=True`) or raw text (False: the `raw_captions` shipped with the data, else the geo-tag string)."""
     use_lmm = (cfg.use_lmm if cfg is not None else True) if use_lmm is None else use_lmm
     out = df.copy()
+    if not use_lmm and has_raw_captions(out):
+        out["captions"] = [list(c) for c in out.raw_captions]
+        log.info(f"caption_variant use_lmm=False: raw captions shipped with the data ({out.captions.map(len).sum()} "
+                 f"captions of {len(out)} images)")
+        return out
     if not use_lmm:
         for i, (image_id, tags) in enumerate(zip(out.image_id, out.tags)):
             if not format_tags(tags):

@@ -8,12 +8,14 @@ import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
 import re
 import time
 import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -36,8 +38,8 @@ __all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'RELEASE_SOURCE', 'SEGMENT_TABLE
            'segmenter_from_config', 'SegmentConfig', 'segment_config', 'select_masks', 'fill_colour', 'mask_crop',
            'Segments', 'segments_from_masks', 'segment_image', 'CorruptSegmentCache', 'image_digest', 'config_digest',
            'save_segments_file', 'load_segments_file', 'SegmentCache', 'UpstreamSegmentZip',
-           'make_upstream_segments_fixture', 'release_signature', 'release_segments', 'open_release', 'cached_segments',
-           'segment_manifest', 'read_segments', 'stack_segments', 'SegmentStore']
+           'make_upstream_segments_fixture', 'release_signature', 'release_segments', 'open_release', 'load_cached',
+           'cached_segments', 'segment_in_pool', 'segment_manifest', 'read_segments', 'stack_segments', 'SegmentStore']
 
 # %% ../nbs/03_segments.ipynb 4
 log = get_logger("urbancross.segments")
@@ -72,6 +74,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 class Segmenter(abc.ABC):
     """Interface of a mask backend: `segment(image) -> list[Mask]`, `signature() -> dict`."""
     name: str = ""
+    parallel_safe: bool = False      # may `segment` run in forked worker processes? (no GPU, no threads)
 
     @abc.abstractmethod
     def segment(self, image: np.ndarray) -> list[Mask]:
@@ -119,6 +122,7 @@ class SuperpixelParams:
 class SuperpixelSegmenter(Segmenter):
     """Felzenszwalb / SLIC regions of scikit-image as masks."""
     name = "superpixel"
+    parallel_safe = True             # pure CPU code on its own arrays
 
     def __init__(self, params: SuperpixelParams | None = None):
         self.params = params or SuperpixelParams()
@@ -264,6 +268,7 @@ def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path
 class SamSegmenter(Segmenter):
     """Segment anything's `SamAutomaticMaskGenerator` behind the `Segmenter` interface."""
     name = "sam"
+    parallel_safe = False            # one model on one device (CUDA state does not survive a fork)
 
     def __init__(self, model: torch.nn.Module, params: SamParams | None = None, weights_id: str | None = None):
         from segment_anything import SamAutomaticMaskGenerator
@@ -646,30 +651,65 @@ def open_release(release: Mapping[str, str | Path] | None, cfg: SegmentConfig, c
         out[domain] = (zf, chash)
     return out
 
-def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make: Callable[[], Segments],
-                    on_corrupt: str = "recompute", image_id: str = "") -> tuple[Segments, bool, bool]:
-    """(segments, hit?, corrupt?) of one image: the verified cache entry, else `make()` written to the cache."""
-    corrupt = False
+def load_cached(cache: SegmentCache, image_hash: str, config_hash: str, on_corrupt: str = "recompute",
+                image_id: str = "") -> tuple[Segments | None, bool]:
+    """(verified cache entry or None, corrupt?) of one image; a corrupt entry is logged and counts as absent."""
     try:
-        seg = cache.load(image_hash, config_hash)
+        return cache.load(image_hash, config_hash), False
     except CorruptSegmentCache as e:
         if on_corrupt == "raise":
             raise
         log.warning(f"{e} (image {image_id}); recomputing it")
-        seg, corrupt = None, True
+        return None, True
+
+def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make: Callable[[], Segments],
+                    on_corrupt: str = "recompute", image_id: str = "") -> tuple[Segments, bool, bool]:
+    """(segments, hit?, corrupt?) of one image: the verified cache entry, else `make()` written to the cache."""
+    seg, corrupt = load_cached(cache, image_hash, config_hash, on_corrupt, image_id)
     if seg is not None:
         return seg, True, False
     seg = make()
     cache.save(image_hash, config_hash, seg)
     return seg, False, corrupt
 
+_WORKER: tuple = ()      # (segmenter, SegmentConfig) of a worker process, set by `_init_segment_worker`
+
+def _init_segment_worker(segmenter: Segmenter, cfg: SegmentConfig) -> None:
+    """Keep the segmenter and crop settings of this worker process (forked: nothing is pickled)."""
+    global _WORKER
+    _WORKER = (segmenter, cfg)
+
+def _segment_path(path: str) -> tuple[str, Segments]:
+    """(image hash, segments) of the image at `path`, in a worker process."""
+    segmenter, cfg = _WORKER
+    image = np.asarray(load_image(path))
+    return image_digest(image), segment_image(image, segmenter, cfg)
+
+def segment_in_pool(paths: Sequence[str], segmenter: Segmenter, cfg: SegmentConfig, workers: int) -> Iterator[tuple[str, Segments]]:
+    """(image hash, segments) of each image of `paths`, in order, computed by `workers` forked processes."""
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(min(workers, len(paths)), mp_context=ctx, initializer=_init_segment_worker,
+                             initargs=(segmenter, cfg)) as pool:
+        yield from pool.map(_segment_path, paths, chunksize=max(1, len(paths) // (4 * workers)))
+
 # %% ../nbs/03_segments.ipynb 67
+def _table_row(image_id: str, ihash: str, path: Path, seg: Segments | None, num_seg: int, source: str) -> dict:
+    """One row of the segment table (`n_valid`, `n_masks` None until `seg` is known)."""
+    known = seg is not None
+    return dict(image_id=image_id, image_hash=ihash, segment_path=str(path), n_valid=int(seg.valid[:num_seg].sum()) if known else None,
+                n_masks=seg.n_masks if known else None, segment_source=source)
+
 def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
                      cfg: SegmentConfig | None = None, on_corrupt: str = "recompute",
-                     release: Mapping[str, str | Path] | None = None) -> tuple[pd.DataFrame, dict]:
+                     release: Mapping[str, str | Path] | None = None, workers: int = 1) -> tuple[pd.DataFrame, dict]:
     """Fill `cache` with the segments of every image in `df`, from `release` zips where they have them; (table, stats)."""
     if on_corrupt not in ("recompute", "raise"):
         raise ValueError(f"on_corrupt={on_corrupt!r}; choose 'recompute' or 'raise'")
+    if workers < 1:
+        raise ValueError(f"segment_manifest(workers={workers}); give 1 (this process) or more")
+    pooled = workers > 1 and segmenter.parallel_safe
+    if workers > 1 and not pooled:
+        log.info(f"segments: backend {segmenter.name} is not parallel-safe; computing in this process (workers={workers} ignored)")
     if release and "domain" not in df.columns:
         raise ValueError(f"segment_manifest(release=...) matches zips to images by the manifest's 'domain' column, "
                          f"which this manifest lacks (columns {list(df.columns)})")
@@ -677,7 +717,7 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
     sig = segmenter.signature()
     chash = config_digest(sig, cfg)
     cache.describe(chash, {"segmenter": sig, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT})
-    rows, n, per_zip, t0 = [], Counter(hits=0, misses=0, corrupt=0), Counter(), time.perf_counter()
+    rows, pending, n, per_zip, t0 = [], [], Counter(hits=0, misses=0, corrupt=0), Counter(), time.perf_counter()
     with ExitStack() as stack:
         zips = open_release(release, cfg, cache, stack)
         for r in df.itertuples(index=False):
@@ -690,10 +730,22 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
                 per_zip[r.domain] += 1
             else:
                 source, key, make = segmenter.name, chash, partial(segment_image, image, segmenter, cfg)
-            seg, hit, bad = cached_segments(cache, ihash, key, make, on_corrupt, r.image_id)
+            if pooled and source != RELEASE_SOURCE:             # a miss is left to the worker processes below
+                seg, bad = load_cached(cache, ihash, key, on_corrupt, r.image_id)
+                hit = seg is not None
+                if not hit:
+                    pending.append((len(rows), str(r.image_path), ihash))
+            else:
+                seg, hit, bad = cached_segments(cache, ihash, key, make, on_corrupt, r.image_id)
             n["hits" if hit else "misses"] += 1; n["corrupt"] += bad
-            rows.append(dict(image_id=r.image_id, image_hash=ihash, segment_path=str(cache.path(ihash, key)),
-                             n_valid=int(seg.valid[:num_seg].sum()), n_masks=seg.n_masks, segment_source=source))
+            rows.append(_table_row(r.image_id, ihash, cache.path(ihash, key), seg, num_seg, source))
+    if pending:
+        log.info(f"segments: {len(pending)} misses of backend {segmenter.name} computed in {min(workers, len(pending))} worker processes")
+        for (i, path, ihash), (got, seg) in zip(pending, segment_in_pool([p for _, p, _ in pending], segmenter, cfg, workers)):
+            if got != ihash:
+                raise ValueError(f"{path} changed while segment_manifest was running (hash {ihash[:12]} then {got[:12]}); run it again")
+            cache.save(ihash, chash, seg)
+            rows[i] = _table_row(rows[i]["image_id"], ihash, cache.path(ihash, chash), seg, num_seg, segmenter.name)
     stats = dict(images=len(df), **n, from_release=sum(per_zip.values()), seconds=time.perf_counter() - t0)
     for domain, (zf, zhash) in zips.items():
         total = int((df.domain == domain).sum())
@@ -713,7 +765,7 @@ def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, 
     pairs = [read_segments(p, num_seg) for p in table.segment_path]
     return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
 
-# %% ../nbs/03_segments.ipynb 81
+# %% ../nbs/03_segments.ipynb 83
 class SegmentStore(Mapping):
     """Read-only `{image_id: (crops [num_seg, S, S, 3] uint8, valid [num_seg] bool)}` read from the cache on access."""
     def __init__(self, table: pd.DataFrame, num_seg: int = 10):

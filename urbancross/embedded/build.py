@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import multiprocessing
 import os
 import shutil
 import tempfile
 import textwrap
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,19 +22,20 @@ from PIL import Image
 
 from ..core import atomic_write, get_logger, project_root
 from ..data import MANIFEST_COLUMNS, make_splits, read_manifest, validate_manifest, write_manifest
-from .captions import describe_scene, scene_tags
+from .captions import describe_scene, scene_tags, terse_captions
 from .render import render_scene
-from .scenes import DOMAINS, sample_scene
+from .scenes import DOMAINS, Scene, sample_scene
 
 # %% auto 0
-__all__ = ['log', 'GENERATOR_VERSION', 'generate_tile', 'generate_embedded', 'pixel_sha256', 'build_embedded', 'verify_embedded',
-           'embedded_dir', 'ensure_embedded', 'colour_thumbnails', 'nearest_centroid_accuracy', 'domain_colour_stats',
-           'caption_uniqueness', 'plot_samples']
+__all__ = ['log', 'GENERATOR_VERSION', 'RAW_CAPTIONS_FILE', 'generate_tile', 'tile_raw_captions', 'generate_embedded',
+           'pixel_sha256', 'build_embedded', 'verify_embedded', 'read_embedded', 'embedded_dir', 'ensure_embedded',
+           'colour_thumbnails', 'nearest_centroid_accuracy', 'domain_colour_stats', 'caption_uniqueness',
+           'plot_samples']
 
 # %% ../../nbs/02d_embedded_build.ipynb 5
 log = get_logger("urbancross.embedded")
 
-GENERATOR_VERSION = "v1"   # bump when a change to the generator changes its output
+GENERATOR_VERSION = "v2"   # bump when a change to the generator changes its output (v2: raw captions, split fractions)
 
 # %% ../../nbs/02d_embedded_build.ipynb 7
 def _domain_key(domain: str) -> int:
@@ -48,28 +53,56 @@ def generate_tile(domain: str, index: int, seed: int = 0, image_size: int = 128)
     return image, captions, scene_tags(scene), lat, lon, scene
 
 # %% ../../nbs/02d_embedded_build.ipynb 10
+def tile_raw_captions(domain: str, index: int, seed: int = 0, scene: Scene | None = None) -> list[str]:
+    """The raw captions of tile (domain, index, seed), from their own random stream; `scene` saves redrawing it."""
+    if scene is None:
+        scene = sample_scene(DOMAINS[domain], np.random.default_rng([seed, _domain_key(domain), index]))
+    return terse_captions(scene, np.random.default_rng([seed, _domain_key(domain), index, 1]))
+
+# %% ../../nbs/02d_embedded_build.ipynb 13
+_DEFAULT_SPLIT = (0.7, 0.1, 0.2)
+
+def _render_tiles(domain: str, indices: Sequence[int], seed: int, image_size: int, folder: str) -> list[dict]:
+    """Render and save tiles `indices` of `domain` into `folder`; their manifest rows (without split)."""
+    rows = []
+    for i in indices:
+        image, captions, tags, lat, lon, scene = generate_tile(domain, i, seed, image_size)
+        image_id = f"{domain}_{i:04d}"
+        path = Path(folder) / f"{image_id}.png"
+        image.save(path, format="PNG")
+        rows.append(dict(image_id=image_id, image_path=str(path), captions=captions, domain=domain, lat=lat, lon=lon,
+                         tags=tags, raw_captions=tile_raw_captions(domain, i, seed, scene)))
+    return rows
+
 def generate_embedded(out_dir: str | Path, images_per_domain: int = 200, image_size: int = 128, seed: int = 0,
-                      domains: tuple = ("finland", "germany", "spain")) -> pd.DataFrame:
-    """Write the images of a generated dataset under `out_dir/images/` and return its manifest."""
+                      domains: tuple = ("finland", "germany", "spain"), fractions: tuple = (0.7, 0.1, 0.2),
+                      workers: int = 1) -> pd.DataFrame:
+    """Write the images of a generated dataset under `out_dir/images/` (`workers` processes); return its manifest."""
     out_dir = Path(out_dir).resolve()
     unknown = [d for d in domains if d not in DOMAINS]
     if unknown:
         raise ValueError(f"unknown domain(s) {unknown}; choose from {sorted(DOMAINS)}")
-    rows = []
+    if len(fractions) != 3:
+        raise ValueError(f"fractions={fractions!r}: give three split fractions (train, val, test)")
+    if workers < 1:
+        raise ValueError(f"workers={workers}; give 1 (this process) or more")
+    chunk = max(1, math.ceil(images_per_domain * len(domains) / (4 * workers))) if workers > 1 else max(images_per_domain, 1)
+    jobs, splits = [], {}
     for domain in domains:
         folder = out_dir / "images" / domain
         folder.mkdir(parents=True, exist_ok=True)
-        ids = [f"{domain}_{i:04d}" for i in range(images_per_domain)]
-        splits = make_splits(ids, seed)
-        for i, image_id in enumerate(ids):
-            image, captions, tags, lat, lon, _ = generate_tile(domain, i, seed, image_size)
-            path = folder / f"{image_id}.png"
-            image.save(path, format="PNG")
-            rows.append(dict(image_id=image_id, image_path=str(path), captions=captions, domain=domain,
-                             lat=lat, lon=lon, split=splits[image_id], tags=tags))
-    return validate_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), f"generate_embedded({out_dir})")
+        splits.update(make_splits([f"{domain}_{i:04d}" for i in range(images_per_domain)], seed, tuple(fractions)))
+        jobs += [(domain, range(s, min(s + chunk, images_per_domain)), seed, image_size, str(folder))
+                 for s in range(0, images_per_domain, chunk)]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_render_tiles, *zip(*jobs)))
+    else:
+        parts = [_render_tiles(*job) for job in jobs]
+    rows = [dict(r, split=splits[r["image_id"]]) for part in parts for r in part]
+    return validate_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ["raw_captions"]), f"generate_embedded({out_dir})")
 
-# %% ../../nbs/02d_embedded_build.ipynb 13
+# %% ../../nbs/02d_embedded_build.ipynb 18
 def pixel_sha256(path: str | Path) -> str:
     """sha256 of an image's decoded RGB pixels (with its size), independent of the PNG encoder."""
     with Image.open(path) as im:
@@ -80,19 +113,27 @@ def _file_digest(path: Path) -> str:
     """Pixel checksum for PNG images, byte checksum for anything else."""
     return pixel_sha256(path) if path.suffix.lower() == ".png" else hashlib.sha256(path.read_bytes()).hexdigest()
 
-# %% ../../nbs/02d_embedded_build.ipynb 15
+# %% ../../nbs/02d_embedded_build.ipynb 20
+RAW_CAPTIONS_FILE = "raw_captions.json"
+
 def build_embedded(out_dir: str | Path, images_per_domain: int = 200, image_size: int = 128, seed: int = 0,
-                   domains: tuple = ("finland", "germany", "spain")) -> Path:
-    """Generate a complete dataset folder (images, manifest.csv, params.json, SHA256SUMS); return manifest.csv."""
+                   domains: tuple = ("finland", "germany", "spain"), fractions: tuple = (0.7, 0.1, 0.2),
+                   workers: int = 1) -> Path:
+    """Generate a complete dataset folder (images, manifest.csv, raw_captions.json, params.json, SHA256SUMS); return manifest.csv."""
     out_dir = Path(out_dir)
-    df = generate_embedded(out_dir, images_per_domain, image_size, seed, domains)
+    df = generate_embedded(out_dir, images_per_domain, image_size, seed, domains, fractions, workers)
     manifest = write_manifest(df, out_dir / "manifest.csv")
+    with atomic_write(out_dir / RAW_CAPTIONS_FILE) as f:
+        json.dump({i: list(c) for i, c in zip(df.image_id, df.raw_captions)}, f, indent=1, ensure_ascii=False)
     params = dict(generator=f"urbancross.embedded {GENERATOR_VERSION}", images_per_domain=images_per_domain,
-                  image_size=image_size, seed=seed, domains=list(domains),
-                  checksums="manifest.csv, params.json: sha256 of bytes; *.png: sha256 of 'WxH:RGB:' + decoded RGB pixels")
+                  image_size=image_size, seed=seed, domains=list(domains), fractions=[float(x) for x in fractions],
+                  raw_captions=f"{RAW_CAPTIONS_FILE}: {{image_id: [terse captions]}}, 5 per image, "
+                               f"from the stream (seed, domain key, index, 1)",
+                  checksums=f"manifest.csv, {RAW_CAPTIONS_FILE}, params.json: sha256 of bytes; "
+                            f"*.png: sha256 of 'WxH:RGB:' + decoded RGB pixels")
     with atomic_write(out_dir / "params.json") as f:
         json.dump(params, f, indent=1)
-    files = [manifest, out_dir / "params.json"] + sorted(Path(p) for p in df.image_path)
+    files = [manifest, out_dir / RAW_CAPTIONS_FILE, out_dir / "params.json"] + sorted(Path(p) for p in df.image_path)
     with atomic_write(out_dir / "SHA256SUMS") as f:
         f.write("".join(f"{_file_digest(p)}  {p.resolve().relative_to(out_dir.resolve())}\n" for p in files))
     return manifest
@@ -124,10 +165,42 @@ def verify_embedded(dataset_dir: str | Path) -> None:
         if rel not in listed:
             raise ValueError(f"{p} is in the manifest but has no checksum in {sums}")
 
-# %% ../../nbs/02d_embedded_build.ipynb 19
-def embedded_dir(images_per_domain: int = 200, image_size: int = 128, seed: int = 0) -> Path:
+# %% ../../nbs/02d_embedded_build.ipynb 24
+def read_embedded(manifest_path: str | Path) -> pd.DataFrame:
+    """`read_manifest(manifest_path)` with the `raw_captions` column from `raw_captions.json` next to it."""
+    manifest_path = Path(manifest_path)
+    df = read_manifest(manifest_path)
+    path = manifest_path.parent / RAW_CAPTIONS_FILE
+    if not path.exists():
+        raise ValueError(f"{path} is missing: {manifest_path.parent} is not a complete embedded dataset of generator "
+                         f"{GENERATOR_VERSION}; delete it to regenerate")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete {manifest_path.parent} to regenerate") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must map image_id to a list of raw captions, got {type(raw).__name__}")
+    for image_id in df.image_id:
+        caps = raw.get(image_id)
+        if caps is None:
+            raise ValueError(f"{path} has no raw captions for image_id {image_id!r} of {manifest_path}")
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise ValueError(f"{path}: the raw captions of image_id {image_id!r} are not a non-empty list of strings")
+    df["raw_captions"] = [list(raw[i]) for i in df.image_id]
+    return df
+
+# %% ../../nbs/02d_embedded_build.ipynb 27
+def _split_suffix(fractions: tuple) -> str:
+    """'' for the default 70/10/20 split, else '_split<train>-<val>-<test>' in percent ('_split40-10-50')."""
+    if len(fractions) == len(_DEFAULT_SPLIT) and all(abs(a - b) < 1e-9 for a, b in zip(fractions, _DEFAULT_SPLIT)):
+        return ""
+    return "_split" + "-".join(f"{round(100 * x, 2):g}" for x in fractions)
+
+def embedded_dir(images_per_domain: int = 200, image_size: int = 128, seed: int = 0,
+                 fractions: tuple = (0.7, 0.1, 0.2)) -> Path:
     """The default folder of a generated dataset under the compendium's `data/embedded/`."""
-    return project_root() / "data" / "embedded" / f"{GENERATOR_VERSION}_n{images_per_domain}_s{image_size}_seed{seed}"
+    return project_root() / "data" / "embedded" / (f"{GENERATOR_VERSION}_n{images_per_domain}_s{image_size}_seed{seed}"
+                                                   + _split_suffix(fractions))
 
 def _verifies(folder: Path) -> bool:
     """True if `folder` holds a dataset that passes `verify_embedded` (logs why not)."""
@@ -139,9 +212,9 @@ def _verifies(folder: Path) -> bool:
         return False
 
 def ensure_embedded(root: str | Path | None = None, images_per_domain: int = 200, image_size: int = 128,
-                    seed: int = 0) -> Path:
-    """Path of `manifest.csv` of the generated dataset at `root`, building it atomically if needed."""
-    root = Path(root) if root else embedded_dir(images_per_domain, image_size, seed)
+                    seed: int = 0, fractions: tuple = (0.7, 0.1, 0.2), workers: int = 1) -> Path:
+    """Path of `manifest.csv` of the generated dataset at `root`, building it atomically (`workers` processes) if needed."""
+    root = Path(root) if root else embedded_dir(images_per_domain, image_size, seed, fractions)
     if root.exists() and (root / "SHA256SUMS").exists() and _verifies(root):
         log.info(f"reusing embedded dataset {root}")
         return root / "manifest.csv"
@@ -155,8 +228,9 @@ def ensure_embedded(root: str | Path | None = None, images_per_domain: int = 200
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
-        log.info(f"generating embedded dataset: {images_per_domain} images/domain, {image_size} px, seed {seed} -> {root}")
-        build_embedded(tmp, images_per_domain, image_size, seed)
+        log.info(f"generating embedded dataset: {images_per_domain} images/domain, {image_size} px, seed {seed}, "
+                 f"split {'/'.join(f'{x:g}' for x in fractions)}, {workers} worker(s) -> {root}")
+        build_embedded(tmp, images_per_domain, image_size, seed, fractions=fractions, workers=workers)
         try:
             os.rename(tmp, root)
         except OSError:
@@ -168,7 +242,7 @@ def ensure_embedded(root: str | Path | None = None, images_per_domain: int = 200
         raise
     return root / "manifest.csv"
 
-# %% ../../nbs/02d_embedded_build.ipynb 24
+# %% ../../nbs/02d_embedded_build.ipynb 32
 def colour_thumbnails(df: pd.DataFrame, size: int = 8) -> np.ndarray:
     """`size` x `size` RGB thumbnails of the manifest's images, flattened, in [0, 1]."""
     out = []
@@ -191,7 +265,7 @@ def domain_colour_stats(df: pd.DataFrame) -> pd.DataFrame:
                           "brightness": x.mean((1, 2)), "saturation": (x.max(-1) - x.min(-1)).mean(1), "domain": df.domain.values})
     return stats.groupby("domain").mean().round(3)
 
-# %% ../../nbs/02d_embedded_build.ipynb 27
+# %% ../../nbs/02d_embedded_build.ipynb 35
 def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
     """Per domain: share of images with a unique caption set, and share of captions used by only one image."""
     rows = []
@@ -202,7 +276,7 @@ def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
                          unique_captions=np.mean([caps[c] == 1 for cs in g.captions for c in cs])))
     return pd.DataFrame(rows).set_index("domain").round(3)
 
-# %% ../../nbs/02d_embedded_build.ipynb 30
+# %% ../../nbs/02d_embedded_build.ipynb 38
 def plot_samples(manifest_df: pd.DataFrame, n_per_domain: int = 6, captions_for: int = 3):
     """A grid of tiles, one row per domain, the first caption under the first `captions_for` of each row."""
     import matplotlib.pyplot as plt

@@ -3,6 +3,7 @@
 # %% ../../nbs/02c_embedded_captions.ipynb 2
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from .scenes import Scene
 
 # %% auto 0
-__all__ = ['count_phrase', 'describe_scene', 'scene_tags']
+__all__ = ['count_phrase', 'describe_scene', 'terse_captions', 'scene_tags']
 
 # %% ../../nbs/02c_embedded_captions.ipynb 8
 _NUMBERS = ["no", "one", "two", "three", "four", "five"]
@@ -199,6 +200,84 @@ def describe_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[s
     return caps
 
 # %% ../../nbs/02c_embedded_captions.ipynb 19
+_TERSE_SCENE = {
+    "residential": ["residential area", "suburb", "neighbourhood"],
+    "city_centre": ["city centre", "dense town centre", "downtown"],
+    "industrial": ["industrial area", "industrial zone", "industrial site"],
+    "farmland": ["farmland", "rural area", "countryside"],
+    "forest_edge": ["forest edge", "edge of a forest", "clearing by a forest"],
+    "waterfront": ["waterfront", "shoreline", "waterside area"],
+    "park": ["park", "green park", "city park"],
+}
+
+_WHERE = re.compile(r"\s+(in the|along|running|crossing|covering)\b.*$")
+
+def _unplace(phrase: str) -> str:
+    """A place fact without its position: 'a small lake in the north' -> 'a small lake'."""
+    return _WHERE.sub("", phrase)
+
+def _terse_parts(scene: Scene, f: dict, rng: np.random.Generator) -> dict:
+    """Short forms of the facts `f` of `scene`: area label, buildings, water, forest, fields, extras."""
+    water_label = {"lake": "lakeside", "river": "riverside"}.get(scene.water.kind if scene.water else "", "waterfront")
+    labels = _TERSE_SCENE[scene.scene_type] + ([water_label] if scene.scene_type == "waterfront" else [])
+    p: dict = {"scene": str(rng.choice(labels)), "type": scene.scene_type, "roads": f["roads"]}
+    if scene.buildings:
+        kind, n = Counter(b.kind for b in scene.buildings).most_common(1)[0]
+        one, many = _NOUNS[kind]
+        roof = f["roof"]
+        if n == 1:
+            p["buildings"] = f"a {one} with a {roof} roof" if roof != "mixed" else f"a single {one}"
+            p["with_buildings"] = f"a {roof.replace(' ', '-')}-roofed {one}" if roof != "mixed" else f"a single {one}"
+        elif roof != "mixed":
+            p["buildings"] = str(rng.choice([f"{many} with {roof} roofs", f"{roof.replace(' ', '-')}-roofed {many}", f"{roof} roofs"]))
+            p["with_buildings"] = f"{roof.replace(' ', '-')}-roofed {many}"
+        else:
+            p["buildings"] = p["with_buildings"] = many
+    for key in ("water", "forest", "fields"):
+        if key in f:
+            p[key] = _unplace(f[key])
+    if p.get("forest", "").startswith(("the forest", "forest", "dense forest")):
+        p["forest"] = str(rng.choice(["a forest", "woods", "dense forest"]))
+    extras = [("swimming pools" if x.endswith("pools") else x) for x in f.get("features", [])] + \
+        [f[k] for k in ("orchard", "paths", "trees") if k in f]
+    if scene.bridge:
+        extras.append("a bridge")
+    p["extras"] = [x.replace("an orchard with rows of trees", "an orchard").replace("rows of orchard trees", "orchard trees")
+                   for x in extras]
+    return p
+
+# %% ../../nbs/02c_embedded_captions.ipynb 22
+def _terse_templates(p: dict, rng: np.random.Generator) -> list[str]:
+    """Candidate raw captions: each names one or two of the short facts `p`."""
+    s, b, places, extras = p["scene"], p.get("buildings"), [p[k] for k in ("water", "forest", "fields") if k in p], p["extras"]
+    one_extra = extras[int(rng.integers(len(extras)))] if extras else None
+    out = [s, f"{s} with {p['roads']}", f"{s} and {p['roads']}" if p["type"] == "farmland" else None]
+    implied = p.get({"forest_edge": "forest", "waterfront": "water"}.get(p["type"], ""))      # no 'forest edge with a forest'
+    with_place = [x for x in places if x != implied]
+    out += [f"{s} with {x}" for x in with_place + ([p["with_buildings"]] if b else []) + ([one_extra] if one_extra else [])]
+    if b:
+        out += [b, f"{b} along {p['roads']}", f"{b} and {one_extra}" if one_extra else None]
+        out += [f"{b} {rel} {p[k]}" for k, rel in (("water", "by"), ("forest", "near"), ("fields", "next to")) if k in p]
+    if "fields" in p:
+        out += [f"{p['fields']} and {p['roads']}", p["fields"], f"{p['fields']} near {p['forest']}" if "forest" in p else None]
+    if "water" in p:
+        out += [f"{p['water']} with a bridge" if "a bridge" in extras else None, f"{p['water']} and {p['forest']}" if "forest" in p else None]
+    return [o for o in out if o]
+
+def terse_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
+    """`n` short raw captions of `scene` (one or two facts each, at most 8 words), distinct where possible."""
+    caps: list[str] = []
+    for _ in range(6):
+        cands = _terse_templates(_terse_parts(scene, _facts(scene, rng), rng), rng)
+        for i in rng.permutation(len(cands)):
+            c = " ".join(cands[i].split())
+            if c not in caps and len(c.split()) <= 8:
+                caps.append(c)
+            if len(caps) == n:
+                return caps
+    return [caps[k % len(caps)] for k in range(n)]
+
+# %% ../../nbs/02c_embedded_captions.ipynb 28
 _BUILDING_TAG = {"house": "house", "block": "apartments", "warehouse": "industrial", "farm": "farm"}
 
 _LANDUSE_TAG = {"residential": "residential", "city_centre": "commercial", "industrial": "industrial", "farmland": "farmland",
