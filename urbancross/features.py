@@ -28,6 +28,10 @@ __all__ = ['log', 'image_trunk_features', 'segment_trunk_features', 'text_tower_
 log = get_logger("urbancross.features")
 
 # %% ../nbs/10_features.ipynb 6
+def _conv_layout(x: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last layout: the same values, ~1.5x faster through CPU convolution trunks."""
+    return x.contiguous(memory_format=torch.channels_last)
+
 def _pil(im) -> Image.Image:
     return im if isinstance(im, Image.Image) else load_image(im)
 
@@ -38,8 +42,8 @@ def image_trunk_features(model: RetrievalModel, images: Sequence, views: int = 1
     chunks = []
     for s in range(0, len(images), batch_size):
         ims = [_pil(im) for im in images[s:s + batch_size]]
-        per_view = [model.image_features(torch.stack([model.eval_transform(im.rotate(90 * k) if k else im)
-                                                      for im in ims]).to(model.device)) for k in range(views)]
+        per_view = [model.image_features(_conv_layout(torch.stack([model.eval_transform(im.rotate(90 * k) if k else im)
+                                                                   for im in ims]).to(model.device))) for k in range(views)]
         chunks.append(torch.stack(per_view, 1).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
@@ -50,15 +54,19 @@ def segment_trunk_features(model: RetrievalModel, crops: Sequence[np.ndarray], b
     chunks = []
     for s in range(0, len(crops), batch_size):
         x = torch.stack([model.eval_transform(Image.fromarray(np.asarray(c))) for c in crops[s:s + batch_size]])
-        chunks.append(model.segment_features(x.to(model.device)).float().cpu())
+        chunks.append(model.segment_features(_conv_layout(x.to(model.device))).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 @torch.no_grad()
 def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Pooled text-trunk features `[M, D]` (before the projection)."""
+    """Pooled text-trunk features `[M, D]` (before the projection); each distinct text is encoded once."""
     model.eval()
-    chunks = [model.text_features(list(texts[s:s + batch_size])).float().cpu() for s in range(0, len(texts), batch_size)]
-    return torch.cat(chunks) if chunks else torch.zeros(0)
+    unique = list(dict.fromkeys(texts))
+    chunks = [model.text_features(unique[s:s + batch_size]).float().cpu() for s in range(0, len(unique), batch_size)]
+    if not chunks:
+        return torch.zeros(0)
+    row = {t: i for i, t in enumerate(unique)}
+    return torch.cat(chunks)[torch.tensor([row[t] for t in texts], dtype=torch.long)]
 
 # %% ../nbs/10_features.ipynb 11
 @dataclass
@@ -116,12 +124,13 @@ def trunk_fingerprint(model: RetrievalModel) -> str:
 
 def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, trunk: str = "") -> str:
     """Hash of the image-tower settings and trunk, image ids and contents, and segment crops of a manifest."""
-    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views, cfg.segment_tower, trunk)
+    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views, cfg.segment_tower, cfg.num_seg, trunk)
     for row in df.itertuples():
         h.update(f"{row.image_id}|{sha256_file(row.image_path)}".encode())
         if segments is not None:
             crops, valid = segments[row.image_id]
-            h.update(np.ascontiguousarray(crops).tobytes()); h.update(np.asarray(valid, bool).tobytes())
+            h.update(np.ascontiguousarray(crops[:cfg.num_seg]).tobytes())
+            h.update(np.asarray(valid[:cfg.num_seg], bool).tobytes())
     return h.hexdigest()[:20]
 
 def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
@@ -133,11 +142,12 @@ def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
 
 # %% ../nbs/10_features.ipynb 14
 def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids: Sequence,
-                            batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Segment-trunk features `[N, K, D]` and validity `[N, K]`, reading crops from `segments` one batch at a time."""
+                            batch_size: int = 64, num_seg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment-trunk features `[N, K, D]` and validity `[N, K]` of each image's first `num_seg` crops (default all), streamed."""
     feats, valid, pending, k = [], [], [], None
     for image_id in image_ids:
         crops, v = segments[image_id]
+        crops, v = crops[:num_seg], v[:num_seg]
         k = len(v) if k is None else k
         if len(crops) != k or len(v) != k:
             raise ValueError(f"segments of image {image_id!r}: {len(crops)} crops and {len(v)} flags, but the first "
@@ -157,7 +167,8 @@ def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
     out = dict(images=image_trunk_features(model, list(df.image_path), cfg.views, batch_size), segments=None,
                segment_valid=None)
     if segments is not None:
-        out["segments"], out["segment_valid"] = stream_segment_features(model, segments, list(df.image_id), batch_size)
+        out["segments"], out["segment_valid"] = stream_segment_features(model, segments, list(df.image_id), batch_size,
+                                                                        cfg.num_seg)
     return out
 
 def compute_text_features(model: RetrievalModel, df: pd.DataFrame) -> dict:

@@ -15,7 +15,7 @@ from .adversarial import domain_probe_accuracy
 from .core import Config, Registry, get_logger
 from .data import make_splits
 from .features import FeatureBank
-from .train import evaluate, gallery_embeddings, make_items, train, uses_features
+from .train import evaluate_queries, gallery_embeddings, make_items, train, uses_features
 from .towers import RetrievalModel
 
 # %% auto 0
@@ -104,8 +104,9 @@ def load_run_state(model: RetrievalModel, state: Mapping) -> None:
         raise ValueError(f"state does not fit the model: {bad[:3]}")
 
 def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
-                 source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
-    """Train `model` under protocol `name`; (metrics on the target test part, history)."""
+                 source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None
+                 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Train `model` under protocol `name`; (metrics on the target test part, history, per-image test hits)."""
     p, c = PROTOCOLS.get(name), protocol_config(cfg, name)
     load_run_state(model, pretrained_state if p.train_on in ("target", "target-all") else source_state)
     hist = pd.DataFrame()
@@ -119,9 +120,9 @@ def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Ma
         hist = train(c, model, make_items(c, model, both, segments))
     elif p.train_on != "none":
         raise ValueError(f"protocol {name!r}: train_on={p.train_on!r} is not known")
-    metrics = evaluate(c, model, parts["test"], segments)
+    metrics, hits = evaluate_queries(c, model, parts["test"], segments)
     metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)
-    return metrics, hist
+    return metrics, hist, hits
 
 def _concat(a: pd.DataFrame | FeatureBank, b: pd.DataFrame | FeatureBank) -> pd.DataFrame | FeatureBank:
     if isinstance(a, FeatureBank):

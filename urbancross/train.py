@@ -28,12 +28,13 @@ from .distributed import (check_resumable, gather_rng, gather_rows, init_distrib
                                     set_rng_state, shard_sizes)
 from .features import FeatureBank
 from .losses import hard_negative_loss, hard_negative_margin, urbancross_loss
-from .metrics import retrieval_metrics
+from .metrics import retrieval_metrics, retrieval_ranks
+from .stats import hits_metrics, query_hits
 from .towers import RetrievalModel, embed_texts, param_groups, set_trainable
 
 # %% auto 0
 __all__ = ['log', 'warmup_cosine', 'ImageItems', 'FeatureItems', 'collate', 'uses_features', 'epoch_plan', 'step_losses',
-           'train_step', 'gallery_embeddings', 'evaluate', 'make_items', 'train']
+           'train_step', 'gallery_embeddings', 'evaluate', 'evaluate_queries', 'make_items', 'train']
 
 # %% ../nbs/12_train.ipynb 4
 log = get_logger("urbancross.train")
@@ -259,6 +260,14 @@ def evaluate(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureBan
     img, txt, owner = gallery_embeddings(cfg, model, data, segments)
     return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size)
 
+def evaluate_queries(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureBank,
+                     segments: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
+    """`evaluate`'s metrics and the per-image hits behind them (`stats.query_hits`), for paired bootstrap intervals."""
+    img, txt, owner = gallery_embeddings(cfg, model, data, segments)
+    ids = data.image_ids if isinstance(data, FeatureBank) else list(data.image_id)
+    hits = query_hits(*retrieval_ranks(img, txt, owner, block_size=cfg.eval_block_size), owner, ids)
+    return hits_metrics(hits), hits
+
 # %% ../nbs/12_train.ipynb 20
 def make_items(cfg: Config, model: RetrievalModel, data: pd.DataFrame | FeatureBank, segments: Mapping | None = None,
                with_text: bool = True, seed_offset: int = 0) -> torch.utils.data.Dataset:
@@ -291,7 +300,7 @@ def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, 
     rank, world = init_distributed()
     info = log.info if rank == 0 else (lambda msg: None)
     seed_everything(cfg.seed)
-    torch.set_num_threads(1 if isinstance(source, FeatureItems) else cfg.threads)   # heads on features: ops too small to share
+    torch.set_num_threads(cfg.threads)
     set_trainable(model, cfg.trainable, cfg.trainable_blocks)
     if cfg.loss != "infonce":
         model.logit_scale.requires_grad_(False)        # no temperature in the loss: DDP must not wait for its gradient
