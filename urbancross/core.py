@@ -127,6 +127,7 @@ class Config:
     domains: tuple = ("finland", "germany", "spain")
     images_per_domain: int = 200           # embedded data only
     tile_size: int = 128                   # embedded data only
+    embedded_split: tuple = (0.7, 0.1, 0.2)  # embedded data only: train / val / test fractions of each domain
     # model (06_towers)
     model_name: str = "UC-EfficientNetLite0-MiniLM"   # any open_clip name, or one registered in TOWERS
     pretrained: str = "local"              # 'local' (shipped towers), an open_clip tag, a file path, or '' (random)
@@ -167,6 +168,7 @@ class Config:
     num_seg_stored: int = 10               # segments cached per image (paper: 10)
     num_seg: int = 5                       # segments used per image
     segment_size: int = 64                 # crop side in pixels
+    segment_workers: int = 1               # processes computing superpixel segments (SAM always runs in one)
     w_image_text: float = 1.0              # loss weights
     w_segment_text: float = 0.5
     w_image_segment: float = 0.5
@@ -203,8 +205,10 @@ class Config:
 
 # %% ../nbs/00_core.ipynb 22
 PROFILES: dict[str, dict] = {
-    # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule
-    "smoke": dict(trainable="heads", epochs=15, lr=1e-3, da_lr=1e-3, source_batch=40, target_batch=8),
+    # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule;
+    # 1000 tiles per domain split 40/10/50, so every domain has 500 test images (2500 captions) to decide with
+    "smoke": dict(trainable="heads", images_per_domain=1000, embedded_split=(0.4, 0.1, 0.5), epochs=8, lr=1e-3,
+                  da_lr=1e-3, source_batch=80, target_batch=16, num_seg=3, segment_workers=2),
     # authors' scripts: ViT-L-14 laion2B-s32B-b82K at paper time (ViT-B-16 at release), train lr 1e-5,
     # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",

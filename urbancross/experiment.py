@@ -22,9 +22,9 @@ from .data import load_karpathy_json, load_urbancross_country, read_manifest
 
 # %% auto 0
 __all__ = ['log', 'DATASETS', 'PATH_FIELDS', 'DATA_README', 'resolve_path', 'data_root', 'load_profile_data',
-           'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare', 'select', 'seed_summary',
-           'write_results', 'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters',
-           'run_all', 'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
+           'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare', 'select', 'write_results',
+           'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters', 'run_all',
+           'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
@@ -43,8 +43,9 @@ DATASETS = Registry("dataset")
 
 @DATASETS.register("embedded")
 def _embedded(cfg: Config, root: Path) -> pd.DataFrame:
-    from urbancross.embedded import ensure_embedded
-    df = read_manifest(ensure_embedded(images_per_domain=cfg.images_per_domain, image_size=cfg.tile_size, seed=0))
+    from urbancross.embedded import ensure_embedded, read_embedded
+    df = read_embedded(ensure_embedded(images_per_domain=cfg.images_per_domain, image_size=cfg.tile_size, seed=0,
+                                       fractions=cfg.embedded_split, workers=cfg.threads))
     return df[df.domain.isin(cfg.domains)].reset_index(drop=True)
 
 @DATASETS.register("urbancross")
@@ -79,7 +80,7 @@ def profile_segments(cfg: Config, df: pd.DataFrame, cache_root: str | Path | Non
     root = Path(cache_root) if cache_root else paths()["cache"]
     zips = release_segment_zips(cfg, df)
     table, stats = segment_manifest(df, segmenter_from_config(cfg), SegmentCache(root / "segments"), cfg.num_seg_stored,
-                                    segment_config(cfg), release=zips)
+                                    segment_config(cfg), release=zips, workers=cfg.segment_workers)
     log.info(f"segments: {stats['images']} images, {stats.get('from_release', 0)} from release zips "
              f"({', '.join(map(str, zips.values())) or 'none'}), {stats['hits']} cache hits, {stats['misses']} computed "
              f"in {stats['seconds']:.1f} s")
@@ -120,14 +121,6 @@ def select(data, domain: str | None = None, split: str | None = None):
     if split is not None:
         keep &= (data.split == split).to_numpy()
     return data[keep].reset_index(drop=True)
-
-def seed_summary(runs: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ("mR",)) -> pd.DataFrame:
-    """Mean and std over seeds of `metrics` per `keys` group, with the number of seeds (seed column -1)."""
-    agg = {}
-    for m in metrics:
-        agg[f"{m}_mean"], agg[f"{m}_std"] = (m, "mean"), (m, "std")
-    out = runs.groupby(list(keys), sort=False).agg(**agg, n_seeds=("seed", "nunique")).reset_index()
-    return out.assign(seed=-1)
 
 # %% ../nbs/14_experiment.ipynb 18
 def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
