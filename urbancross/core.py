@@ -207,8 +207,8 @@ class Config:
 PROFILES: dict[str, dict] = {
     # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule;
     # 1000 tiles per domain split 40/10/50, so every domain has 500 test images (2500 captions) to decide with
-    "smoke": dict(trainable="heads", images_per_domain=1000, embedded_split=(0.4, 0.1, 0.5), epochs=8, lr=1e-3,
-                  da_lr=1e-3, source_batch=80, target_batch=16, num_seg=3, segment_workers=2),
+    "smoke": dict(trainable="heads", images_per_domain=1000, embedded_split=(0.4, 0.1, 0.5), epochs=6, lr=1e-3,
+                  da_lr=1e-3, source_batch=80, target_batch=16, num_seg=3, views=2, segment_workers=2),
     # authors' scripts: ViT-L-14 laion2B-s32B-b82K at paper time (ViT-B-16 at release), train lr 1e-5,
     # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",
