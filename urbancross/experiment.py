@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import nbformat
 import numpy as np
@@ -98,13 +98,15 @@ def profile_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Pa
     return feature_bank(cfg, model, df, root / "features", segments), model
 
 # %% ../nbs/14_experiment.ipynb 15
-def prepare(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None) -> tuple:
-    """(data for the training core: FeatureBank or manifest, segments, model) under `cfg`'s regime."""
+def prepare(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None,
+            segments: Mapping | None = None) -> tuple:
+    """(data for the training core: FeatureBank or manifest, segments, model) under `cfg`'s regime (`segments` reused if given)."""
     from urbancross.towers import build_model
     from urbancross.train import uses_features
     root = Path(cache_root) if cache_root else paths()["cache"]
     model = model if model is not None else build_model(cfg)
-    segments, _ = profile_segments(cfg, df, root)
+    if segments is None:
+        segments, _ = profile_segments(cfg, df, root)
     if uses_features(cfg):
         bank, _ = profile_bank(cfg, df, model, root, segments)
         return bank, segments, model
