@@ -21,8 +21,8 @@ from .towers import RetrievalModel
 
 # %% auto 0
 __all__ = ['log', 'image_trunk_features', 'segment_trunk_features', 'text_tower_features', 'FeatureBank', 'trunk_fingerprint',
-           'image_key', 'text_key', 'stream_segment_features', 'compute_image_features', 'compute_text_features',
-           'cached_features', 'feature_bank']
+           'image_key', 'segment_fingerprint', 'text_key', 'stream_segment_features', 'compute_image_features',
+           'compute_text_features', 'cached_features', 'feature_bank']
 
 # %% ../nbs/10_features.ipynb 4
 log = get_logger("urbancross.features")
@@ -128,10 +128,22 @@ def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, tr
     for row in df.itertuples():
         h.update(f"{row.image_id}|{sha256_file(row.image_path)}".encode())
         if segments is not None:
-            crops, valid = segments[row.image_id]
-            h.update(np.ascontiguousarray(crops[:cfg.num_seg]).tobytes())
-            h.update(np.asarray(valid[:cfg.num_seg], bool).tobytes())
+            h.update(segment_fingerprint(segments, row.image_id, cfg.num_seg))
     return h.hexdigest()[:20]
+
+def segment_fingerprint(segments: Mapping, image_id: str, num_seg: int) -> bytes:
+    """What identifies an image's segments in the image key: a segment cache entry's stored checksum
+    (verified when the crops are read), else the bytes of the first `num_seg` crops and flags."""
+    from urbancross.segments import SegmentStore
+    if isinstance(segments, SegmentStore) and image_id in segments:
+        path, _ = segments.entries[image_id]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return f"store|{num_seg}|{z['checksum']}".encode()
+        except Exception as e:
+            raise ValueError(f"segment cache entry {path} of image {image_id!r} is unreadable ({type(e).__name__}: {e})") from e
+    crops, valid = segments[image_id]
+    return np.ascontiguousarray(crops[:num_seg]).tobytes() + np.asarray(valid[:num_seg], bool).tobytes()
 
 def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
     """Hash of the text-tower settings and trunk and the image ids and captions of a manifest."""

@@ -350,23 +350,31 @@ def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
 
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
-    """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`."""
+    """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`.
+
+    Everything drawn at random while building (untrained heads, adapters, random-init trunks) comes from
+    `cfg.seed` in a forked RNG, so the model is the same whatever ran before and the caller's RNG is untouched."""
     device = torch.device(device) if device else get_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = _build(cfg)
+    if device.type == "cuda":
+        set_tf32(cfg.tf32)
+    return model.to(device)
+
+def _build(cfg: Config) -> RetrievalModel:
     builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
     clip, mean, std = builder(cfg)
     if cfg.grad_checkpointing:
         clip.set_grad_checkpointing(True)
-    if device.type == "cuda":
-        set_tf32(cfg.tf32)
     log.info(f"model {cfg.model_name}: weights {cfg.pretrained or 'random init'}, adapters {cfg.adapter_blocks}, "
              f"segment tower {cfg.segment_tower}")
     train_tf, eval_tf = make_transforms(cfg.image_size, mean, std)
     tok_name = cfg.model_name if cfg.model_name in open_clip.list_models() else resolve_model_name(cfg.model_name, cfg.pretrained)
-    model = RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
-                           train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
-    return model.to(device)
+    return RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
+                          train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
 
-# %% ../nbs/06_towers.ipynb 48
+# %% ../nbs/06_towers.ipynb 50
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the tower's largest list of repeated blocks."""
     best, best_n = None, -1
@@ -429,7 +437,7 @@ def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_de
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 52
+# %% ../nbs/06_towers.ipynb 54
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""

@@ -107,10 +107,10 @@ class FeatureItems(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, i = key
         rng = _item_rng(self.seed, epoch, i)
-        rng.integers(1 << 30)
+        caps = self.captions_of[i]                              # the caption draw, as in `_caption_index`
+        j = int(caps[int(rng.integers(len(caps)))]) if len(caps) else int(rng.integers(1 << 30))
         out = {"image_features": self.bank.images[i, int(rng.integers(self.bank.images.shape[1]))]}
         if self.with_text:
-            j = self._caption_index(epoch, i)
             out["text_features"], out["texts"] = self.bank.text_features[j], self.bank.texts[j]
         if self.use_segments:
             out["segment_features"] = self.bank.segments[i, :self.num_seg]
