@@ -3,35 +3,47 @@
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
 import math
+import os
+import re
+import stat
 import struct
+import unicodedata
+import warnings
 import zipfile
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from .core import atomic_write, get_logger
 
 # %% auto 0
-__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'COUNTRY_BOUNDS', 'validate_manifest', 'make_manifest',
-           'clip_caption', 'write_manifest', 'read_utf8', 'read_manifest', 'ImageLoadError', 'load_image',
-           'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
-           'duplicate_caption_report', 'LatLonBox', 'load_urbancross_country', 'make_urbancross_fixture',
-           'load_karpathy_json', 'make_karpathy_fixture', 'image_overlap', 'ManifestDataset', 'caption_table']
+__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'FALLBACKS', 'COUNTRY_BOUNDS', 'IMAGE_SUFFIXES',
+           'validate_manifest', 'make_manifest', 'clip_caption', 'write_manifest', 'read_utf8', 'read_manifest',
+           'ImageLoadError', 'ImageTooLarge', 'path_problem', 'pixel_limit_enforced', 'too_many_pixels', 'upright',
+           'load_image', 'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
+           'duplicate_caption_report', 'LatLonBox', 'NameIndex', 'load_urbancross_country', 'unlisted_images',
+           'make_urbancross_fixture', 'load_karpathy_json', 'make_karpathy_fixture', 'image_overlap', 'ManifestDataset',
+           'caption_table', 'progress']
 
 # %% ../nbs/01_data.ipynb 4
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "domain", "lat", "lon", "split", "tags"]
 SPLITS = ("train", "val", "test")
 MAX_CAPTION_CHARS = 1000
 log = get_logger("urbancross.data")
+FALLBACKS: Counter = Counter()      # documented fallbacks taken in this process, by kind (see "Bad input at a glance")
 
 # %% ../nbs/01_data.ipynb 6
 def _where(i: int, first_line: int | None) -> str:
@@ -53,7 +65,8 @@ def _check_unique_ids(ids: Sequence, source: str, first_line: int | None = None)
         raise ValueError(f"{source}: duplicate image_id {shown}{more}; every image_id must be unique")
 
 # %% ../nbs/01_data.ipynb 7
-def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None) -> pd.DataFrame:
+def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None,
+                      captions_required: bool = True) -> pd.DataFrame:
     """Check the manifest's columns and rows; raise `ValueError` naming `source` and the row (or line)."""
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
@@ -62,7 +75,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
     for i, r in enumerate(df.itertuples(index=False)):
         where = _where(i, first_line)
         caps = r.captions
-        if not isinstance(caps, (list, tuple)) or len(caps) == 0:
+        if not isinstance(caps, (list, tuple)) or (captions_required and len(caps) == 0):
             raise _bad_row(source, where, r.image_id, "no captions")
         for c in caps:
             if not isinstance(c, str) or not c.strip():
@@ -176,7 +189,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 # %% ../nbs/01_data.ipynb 22
 class ImageLoadError(ValueError):
-    """An image file that exists but cannot be decoded."""
+    """An image path that is there but cannot be read or decoded (named in the message)."""
+
+class ImageTooLarge(ImageLoadError):
+    """An image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (a possible decompression bomb)."""
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _CONVERSIONS = {"L": "gray copied to R, G, B", "1": "bilevel to 0/255 gray", "P": "palette looked up",
@@ -208,6 +224,71 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
     return im.convert("RGB")
 
 # %% ../nbs/01_data.ipynb 23
+def path_problem(path: str | Path) -> tuple[type, str] | None:
+    """Why `path` is not a readable file, as (exception class, words to follow the path), or None if it is one."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ImageLoadError, ("is a symbolic link loop (its links lead back to each other, never to a file); "
+                                    "replace it with the file or a link to the file")
+        if path.is_symlink():
+            return FileNotFoundError, f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return FileNotFoundError, "does not exist"
+        return ImageLoadError, f"cannot be read ({e.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return ImageLoadError, "is a folder, not an image file"
+    return None
+
+def _check_path(path: Path, what: str) -> None:
+    """Raise the `path_problem` of `path`, if any, with `what` (the words before the path) in front."""
+    if (problem := path_problem(path)) is not None:
+        kind, why = problem
+        raise kind(f"{what} {path} {why}")
+
+# %% ../nbs/01_data.ipynb 24
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+@contextmanager
+def pixel_limit_enforced() -> Iterator[None]:
+    """Within the block, Pillow's `DecompressionBombWarning` (over the limit, under twice it) is raised as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+def too_many_pixels(what: str, e: Exception) -> ImageTooLarge:
+    """The error for `what` (a file, or zip:member) that Pillow flagged in `e`: its pixels, the limit, how to raise it."""
+    m, limit = _PILLOW_PIXELS.search(str(e)), Image.MAX_IMAGE_PIXELS
+    n = f"{int(m[1]):,} pixels" if m else f"too many pixels ({e})"
+    return ImageTooLarge(f"{what} is refused as a decompression bomb: it has {n}, more than PIL.Image.MAX_IMAGE_PIXELS"
+                         f" = {limit:,}; if the image is genuine, raise the limit before loading it "
+                         "(PIL.Image.MAX_IMAGE_PIXELS = n, or None to switch the check off)")
+
+# %% ../nbs/01_data.ipynb 25
+_TURNS = {2: "mirrored left-right", 3: "turned 180°", 4: "mirrored top-bottom", 5: "transposed",
+          6: "turned 90° clockwise", 7: "transversed", 8: "turned 90° counter-clockwise"}
+_logged_orientation: list = []
+
+def upright(im: Image.Image, where: str) -> Image.Image:
+    """`im` turned as its EXIF orientation tag (2-8) says, logged and counted; else `im` itself."""
+    try:
+        o = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as e:       # a damaged EXIF block: Pillow raises many kinds; the pixels are still good
+        log.warning(f"{where}: EXIF block unreadable ({type(e).__name__}: {e}); orientation not applied")
+        return im
+    if o not in _TURNS:
+        return im
+    out = ImageOps.exif_transpose(im)
+    FALLBACKS["exif_orientation"] += 1
+    first = not _logged_orientation
+    _logged_orientation.append(o)
+    log.log(logging.INFO if first else logging.DEBUG, f"{where} has EXIF orientation {o}: {_TURNS[o]} to upright "
+            f"({im.width}x{im.height} -> {out.width}x{out.height})" + ("; later ones are logged at DEBUG" if first else ""))
+    return out
+
+# %% ../nbs/01_data.ipynb 26
 def _png_end_missing(path: Path) -> bool:
     """True if the PNG at `path` lacks a complete `IEND` chunk (name + CRC) in its last 4 KiB."""
     with open(path, "rb") as f:
@@ -228,33 +309,36 @@ def _declared_zero_size(path: Path) -> str | None:
 def load_image(path: str | Path) -> Image.Image:
     """Decode `path` to an 8-bit RGB PIL image; errors name the file."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image not found: {path}")
+    _check_path(path, "image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"image {path} is an empty file (0 bytes)")
     pad_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        with Image.open(path) as im:
-            if im.width == 0 or im.height == 0:
-                raise ImageLoadError(f"image {path} has zero size ({im.width}x{im.height})")
-            if im.format == "PNG":
-                im.verify()
-                if _png_end_missing(path):
-                    raise ImageLoadError(f"image {path} is corrupt or truncated: PNG ends before its IEND chunk")
-        with Image.open(path) as im:
-            im.load()
-            return _to_rgb(im, path)
+        with pixel_limit_enforced():
+            with Image.open(path) as im:
+                if im.width == 0 or im.height == 0:
+                    raise ImageLoadError(f"image {path} has zero size ({im.width}x{im.height})")
+                if im.format == "PNG":
+                    im.verify()
+                    if _png_end_missing(path):
+                        raise ImageLoadError(f"image {path} is corrupt or truncated: PNG ends before its IEND chunk")
+            with Image.open(path) as im:
+                im.load()
+                return _to_rgb(upright(im, f"image {path}"), path)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
-            Image.DecompressionBombError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_many_pixels(f"image {path}", e) from e
+    except PermissionError as e:
+        raise ImageLoadError(f"image {path} cannot be read: permission denied") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
         if (size := _declared_zero_size(path)) is not None:
             raise ImageLoadError(f"image {path} has zero size ({size} in its header)") from e
         raise ImageLoadError(f"image {path} is corrupt or truncated: {e}") from e
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = pad_truncated
 
-# %% ../nbs/01_data.ipynb 30
+# %% ../nbs/01_data.ipynb 39
 def make_splits(image_ids: Sequence[str], seed: int, fractions: tuple = (0.7, 0.1, 0.2)) -> dict[str, str]:
     """Map each id to 'train'/'val'/'test', deterministically from `seed`."""
     if abs(sum(fractions) - 1) > 1e-9:
@@ -277,7 +361,7 @@ def write_split_lists(df: pd.DataFrame, folder: str | Path, name_col: str = "ima
         written.append(p)
     return written
 
-# %% ../nbs/01_data.ipynb 33
+# %% ../nbs/01_data.ipynb 42
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -309,7 +393,7 @@ def verify_checksums(sums: str | Path) -> int:
         n += 1
     return n
 
-# %% ../nbs/01_data.ipynb 36
+# %% ../nbs/01_data.ipynb 45
 def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
     """Captions (lower-cased, whitespace-normalised) that occur in more than one image."""
     rows = [(" ".join(c.lower().split()), r.image_id, r.domain) for r in df.itertuples() for c in r.captions]
@@ -318,7 +402,7 @@ def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
                                     domains=("domain", lambda s: sorted(set(s))))
     return g[g.n_images > 1].sort_values("n_images", ascending=False).reset_index()
 
-# %% ../nbs/01_data.ipynb 39
+# %% ../nbs/01_data.ipynb 48
 class LatLonBox(NamedTuple):
     """A latitude/longitude box in degrees: `lat` = (south, north), `lon` = (west, east)."""
     lat: tuple[float, float]
@@ -330,7 +414,60 @@ COUNTRY_BOUNDS: dict[str, LatLonBox] = {
     "spain": LatLonBox(lat=(36.0, 43.8), lon=(-9.3, 3.3)),
 }
 
-# %% ../nbs/01_data.ipynb 42
+# %% ../nbs/01_data.ipynb 51
+IMAGE_SUFFIXES = frozenset(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+def _files_under(folder: Path) -> list[str]:
+    """Relative POSIX paths of the files under `folder`, sorted (hidden entries and `__MACOSX` skipped)."""
+    out = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+        rel = Path(top).relative_to(folder)
+        out += [(rel / f).as_posix() for f in files if not f.startswith(".")]
+    return sorted(out)
+
+class NameIndex:
+    """The files under `folder`, found by relative name exactly or, failing that, after Unicode (NFC) normalisation."""
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.names = _files_under(self.folder)
+        self._by_nfc: dict[str, list[str]] = {}
+        for n in self.names:
+            self._by_nfc.setdefault(_nfc(n), []).append(n)
+        self.normalised: list[tuple[str, str]] = []      # (name asked for, file found) matched only after NFC
+        self.used: set[str] = set()
+
+    def find(self, name: str) -> Path:
+        """The path of `name`: exact if there, else its one look-alike (recorded), else the exact (missing) path."""
+        if os.path.lexists(self.folder / name):
+            self.used.add(name)
+            return self.folder / name
+        alike = [n for n in self._by_nfc.get(_nfc(name), []) if n != name]
+        if len(alike) > 1:
+            raise ValueError(f"{self.folder}: {ascii(name)} matches {len(alike)} files after Unicode normalisation "
+                             f"({', '.join(map(ascii, alike))}); rename all but one")
+        if not alike:
+            return self.folder / name
+        self.normalised.append((name, alike[0])); self.used.add(alike[0])
+        FALLBACKS["unicode_name"] += 1
+        return self.folder / alike[0]
+
+    def unused(self) -> list[str]:
+        """Image files (by suffix) of the folder that no `find` returned, sorted."""
+        return [n for n in self.names if n not in self.used and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+
+    def log_normalised(self, source: str | Path) -> None:
+        """One warning naming the look-alike matches (if any), for the file `source` that listed the names."""
+        if self.normalised:
+            shown = "; ".join(f"{ascii(a)} -> {ascii(b)}" for a, b in self.normalised[:5])
+            more = f" (and {len(self.normalised) - 5} more)" if len(self.normalised) > 5 else ""
+            log.warning(f"{source}: {len(self.normalised)} image name(s) matched a file in {self.folder} only after "
+                        f"Unicode normalisation (NFC/NFD): {shown}{more}")
+
+# %% ../nbs/01_data.ipynb 54
 def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
     """Extract `zip_path` into `dest` once, atomically (a `.complete` marker says it finished)."""
     marker = dest / ".complete"
@@ -352,20 +489,34 @@ def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
         import shutil; shutil.rmtree(tmp)
     return dest
 
-# %% ../nbs/01_data.ipynb 43
-def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
-                            check_images: bool = True) -> pd.DataFrame:
-    """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
+# %% ../nbs/01_data.ipynb 55
+def _release_paths(root: str | Path, country: str) -> tuple[Path, Path]:
+    """(caption CSV, images folder) of one country of the release; `images.zip` is extracted once if need be."""
     candidates = [Path(root) / country.capitalize(), Path(root) / country.lower()]
     folder = next((c for c in candidates if c.exists()), None)
     if folder is None:
         raise FileNotFoundError(f"UrbanCross folder for {country!r} not found (tried {candidates[0]} and "
                                 f"{candidates[1]}); data/README.md says how to fetch the release")
-    csv = folder / f"instructblip_generation_{country.lower()}_refine.csv"
-    df = _read_csv(csv, ["image_name", "description"])
     images = folder / "images"
     if not images.exists() and (folder / "images.zip").exists():
         images = _extract_zip_once(folder / "images.zip", images)
+    return folder / f"instructblip_generation_{country.lower()}_refine.csv", images
+
+def _report_unlisted(index: NameIndex, csv: Path, country: str) -> None:
+    """One warning (and a count) for the image files of `index` that the CSV does not list."""
+    unlisted = index.unused()
+    if unlisted:
+        FALLBACKS["unlisted_image"] += len(unlisted)
+        log.warning(f"{index.folder}: {len(unlisted)} image file(s) are not listed in {csv.name} and are not in the "
+                    f"manifest ({', '.join(map(repr, unlisted[:5]))}{' ...' if len(unlisted) > 5 else ''}); "
+                    f"urbancross.data.unlisted_images(root, {country.lower()!r}) returns them as unlabeled target images")
+
+# %% ../nbs/01_data.ipynb 56
+def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
+                            check_images: bool = True) -> pd.DataFrame:
+    """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
+    csv, images = _release_paths(root, country)
+    df = _read_csv(csv, ["image_name", "description"])
     captions: dict[str, list[str]] = {}
     extra: dict[str, dict] = {}
     name_of_id: dict[str, tuple[str, int]] = {}
@@ -390,25 +541,53 @@ def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
     if repeated:
         log.warning(f"{csv}: {len(repeated)} row(s) repeat an earlier (image_name, caption) pair and were dropped "
                     f"(lines {repeated[:10]}{' ...' if len(repeated) > 10 else ''})")
-    split_files = {s: folder / f"{s}_list.txt" for s in SPLITS}
+    split_files = {s: csv.parent / f"{s}_list.txt" for s in SPLITS}
     if all(p.exists() for p in split_files.values()):
         split = {n.strip(): s for s, p in split_files.items() for n in p.read_text().splitlines() if n.strip()}
     else:
         split = make_splits(list(captions), seed)
+    index = NameIndex(images) if images.is_dir() else None
+    line_of = {n: l for n, l in name_of_id.values()}
     rows = []
     for name, caps in captions.items():
-        path = images / name
-        if check_images and not path.exists():
-            raise FileNotFoundError(f"{csv}: image {name!r} listed but {path} does not exist")
+        path = index.find(name) if index is not None else images / name
+        if check_images:
+            _check_path(path, f"{csv}: line {line_of[name]} (image_name={name!r}): image")
         e = extra[name]
         rows.append(dict(image_id=f"{country.lower()}/{Path(name).stem}", image_path=str(path), captions=caps,
                          domain=country.lower(), split=split.get(name, "train"),
                          lat=float(e["lat"]) if e.get("lat") not in (None, "") else float("nan"),
                          lon=float(e["lon"]) if e.get("lon") not in (None, "") else float("nan"),
                          tags=e.get("tags", "")))
+    if index is not None:
+        index.log_normalised(csv)
+        _report_unlisted(index, csv, country)
     return validate_manifest(make_manifest(rows), str(csv))
 
-# %% ../nbs/01_data.ipynb 45
+# %% ../nbs/01_data.ipynb 57
+def unlisted_images(root: str | Path, country: str) -> pd.DataFrame:
+    """The images of a release country's folder that its caption CSV does not list: a manifest with empty captions."""
+    csv, images = _release_paths(root, country)
+    if not images.is_dir():
+        raise FileNotFoundError(f"{images.parent}: no images/ folder or images.zip to look for unlisted images in")
+    names = list(dict.fromkeys(n for n in _read_csv(csv, ["image_name", "description"]).image_name if n.strip()))
+    index = NameIndex(images)
+    for n in names:
+        index.find(n)
+    domain = country.lower()
+    owner = {f"{domain}/{Path(n).stem}": f"listed {n!r}" for n in names}
+    rows = []
+    for rel in index.unused():
+        image_id = f"{domain}/{Path(rel).stem}"
+        if image_id in owner:
+            raise ValueError(f"{images}: unlisted image {rel!r} gives the image_id {image_id!r} of {owner[image_id]} "
+                             f"({csv.name}); rename one of the files")
+        owner[image_id] = f"unlisted {rel!r}"
+        rows.append(dict(image_id=image_id, image_path=str(images / rel), captions=[], domain=domain, split="train"))
+    log.info(f"{images}: {len(rows)} image(s) not listed in {csv.name}, offered as unlabeled target images")
+    return validate_manifest(make_manifest(rows), f"unlisted images of {images}", captions_required=False)
+
+# %% ../nbs/01_data.ipynb 59
 def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int = 4) -> Path:
     """Write a tiny dataset in the UrbanCross release layout (for tests and examples)."""
     folder = Path(root) / country; folder.mkdir(parents=True, exist_ok=True)
@@ -422,7 +601,7 @@ def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int =
                  ).to_csv(folder / f"instructblip_generation_{country.lower()}_refine.csv", index=False)
     return folder
 
-# %% ../nbs/01_data.ipynb 50
+# %% ../nbs/01_data.ipynb 66
 def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: str, seed: int = 0,
                        check_images: bool = True) -> pd.DataFrame:
     """Manifest of an RSICD/RSITMD-style caption JSON."""
@@ -434,7 +613,7 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{json_path}: not a caption JSON with an 'images' list: {e}") from e
     fallback = make_splits([it.get("filename", "") for it in items], seed)
-    rows, clipped, seen = [], [], {}
+    rows, clipped, seen, index = [], [], {}, None
     for i, it in enumerate(items):
         if "filename" not in it or "sentences" not in it:
             raise ValueError(f"{json_path}: images[{i}] lacks 'filename' or 'sentences'")
@@ -446,15 +625,20 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
             raise ValueError(f"{json_path}: images[{i}] ({it['filename']!r}): empty caption")
         caps = _clip_captions(caps, f"images[{i}]", clipped)
         path = images_dir / it["filename"]
-        if check_images and not path.exists():
-            raise FileNotFoundError(f"{json_path}: images[{i}]: image {path} does not exist")
+        if not os.path.lexists(path) and images_dir.is_dir():        # maybe there in the other Unicode form
+            index = index or NameIndex(images_dir)
+            path = index.find(it["filename"])
+        if check_images:
+            _check_path(path, f"{json_path}: images[{i}]: image")
         split = {"restval": "train"}.get(it.get("split"), it.get("split")) or fallback[it["filename"]]
         rows.append(dict(image_id=f"{domain}/{Path(it['filename']).stem}", image_path=str(path), captions=caps,
                          domain=domain, split=split))
     _warn_clipped(json_path, clipped)
+    if index is not None:
+        index.log_normalised(json_path)
     return validate_manifest(make_manifest(rows), str(json_path))
 
-# %% ../nbs/01_data.ipynb 51
+# %% ../nbs/01_data.ipynb 67
 def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n: int = 3) -> tuple[Path, Path]:
     """Write a tiny RSICD/RSITMD-format dataset (for tests and examples)."""
     root = Path(root); (root / "images").mkdir(parents=True, exist_ok=True)
@@ -468,7 +652,7 @@ def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n:
     (root / name).write_text(json.dumps({"images": items, "dataset": name}))
     return root / name, root / "images"
 
-# %% ../nbs/01_data.ipynb 54
+# %% ../nbs/01_data.ipynb 70
 def _dhash(im: Image.Image) -> int:
     """64-bit difference hash of an image: 9x8 grayscale thumbnail, one bit per left-to-right brightening."""
     g = np.asarray(im.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
@@ -483,7 +667,7 @@ def _image_hashes(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         dhashes.append(_dhash(Image.fromarray(arr)))
     return pixels, np.array(dhashes, dtype=np.uint64)
 
-# %% ../nbs/01_data.ipynb 55
+# %% ../nbs/01_data.ipynb 71
 def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.DataFrame:
     """Pairs of images of manifests `a` and `b` that are the same picture (identical pixels or dHash within `max_hamming` bits)."""
     if not 0 <= max_hamming <= 64:
@@ -502,7 +686,7 @@ def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.
     log.info(f"image_overlap: {len(a)} x {len(b)} images, {len(out)} pair(s) within {max_hamming} bits ({found})")
     return out.sort_values(["image_id_a", "image_id_b"], ignore_index=True)
 
-# %% ../nbs/01_data.ipynb 58
+# %% ../nbs/01_data.ipynb 74
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
     def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = False):
@@ -522,10 +706,16 @@ class ManifestDataset(torch.utils.data.Dataset):
         caps = self.df.captions[i]
         return self.transform(self.image(i)), caps[int(self.rng.integers(len(caps)))], i
 
-# %% ../nbs/01_data.ipynb 59
+# %% ../nbs/01_data.ipynb 75
 def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """All captions of a manifest and, for each, the row index of its image."""
     texts, owner = [], []
     for i, caps in enumerate(df.captions):
         texts += list(caps); owner += [i] * len(caps)
     return texts, torch.tensor(owner, dtype=torch.long)
+
+# %% ../nbs/01_data.ipynb 78
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None, **kw) -> tqdm:
+    """A tqdm bar over `iterable` on stderr; quiet when stderr is not a terminal or the env var CI is set."""
+    kw.setdefault("disable", True if os.environ.get("CI") else None)
+    return tqdm(iterable, total=total, desc=desc, **kw)
