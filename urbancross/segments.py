@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import re
 import time
-import warnings
+import unicodedata
 import zipfile
 from collections import Counter
 from collections.abc import Mapping
@@ -28,7 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .core import Config, Registry, atomic_write, get_device, get_logger, local_places, paths, project_root, safe_torch_load
-from .data import ImageLoadError, load_image
+from .data import (FALLBACKS, ImageLoadError, load_image, pixel_limit_enforced, progress, too_many_pixels,
+                              upright)
 
 # %% auto 0
 __all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'RELEASE_SOURCE', 'SEGMENT_TABLE_COLUMNS', 'Mask', 'mask_bbox', 'make_mask',
@@ -561,8 +562,26 @@ class UpstreamSegmentZip:
                 self.index.setdefault(parts[-2], []).append((int(m["idx"]), name))
         for v in self.index.values():
             v.sort()
+        self._by_nfc: dict[str, list[str]] = {}
+        for stem in self.index:
+            self._by_nfc.setdefault(unicodedata.normalize("NFC", stem), []).append(stem)
+        self._logged_lookalikes: set[str] = set()
 
     MAX_MEMBER_BYTES = 64 << 20      # a segment file of a tile is well under 1 MB
+
+    def _stem(self, stem: str) -> str | None:
+        """The zip's own spelling of `stem`: as given, else its one look-alike in another Unicode form (logged), else None."""
+        if stem in self.index:
+            return stem
+        alike = self._by_nfc.get(unicodedata.normalize("NFC", stem), [])
+        if len(alike) != 1:
+            return None
+        if stem not in self._logged_lookalikes:
+            self._logged_lookalikes.add(stem)
+            FALLBACKS["unicode_name"] += 1
+            log.info(f"{self.path}: image stem {ascii(stem)} matched segment folder {ascii(alike[0])} only after "
+                     "Unicode normalisation (NFC/NFD)")
+        return alike[0]
 
     def stems(self) -> list[str]:
         """Image stems that have a segment folder in the zip."""
@@ -570,28 +589,35 @@ class UpstreamSegmentZip:
 
     def count(self, stem: str) -> int:
         """Number of segment files of image `stem` (0 if it has no folder or an empty one)."""
-        return len(self.index.get(stem, ()))
+        found = self._stem(stem)
+        return len(self.index[found]) if found is not None else 0
 
     def _read(self, member: str) -> np.ndarray:
+        where = f"{self.path}:{member}"
         size = self._zip.getinfo(member).file_size
         if size > self.MAX_MEMBER_BYTES:
-            raise ImageLoadError(f"{self.path}:{member} is {size} bytes uncompressed, more than the "
+            raise ImageLoadError(f"{where} is {size} bytes uncompressed, more than the "
                                  f"{self.MAX_MEMBER_BYTES} a segment file may have; is the zip damaged?")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(self._zip.read(member))) as im:
-                    return np.asarray(im.convert("RGB"))
+            data = self._zip.read(member)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as e:
+            raise ImageLoadError(f"{where} cannot be read from the zip ({type(e).__name__}: {e}); "
+                                 "re-create the zip without encryption, with deflate or store") from e
+        try:
+            with pixel_limit_enforced(), Image.open(io.BytesIO(data)) as im:
+                im.load()
+                return np.asarray(upright(im, where).convert("RGB"))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageLoadError(f"{self.path}:{member} is refused as a decompression bomb ({e})") from e
-        except (UnidentifiedImageError, OSError, zipfile.BadZipFile, ValueError) as e:
-            raise ImageLoadError(f"{self.path}:{member} is not a readable image ({e})") from e
+            raise too_many_pixels(where, e) from e
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+            raise ImageLoadError(f"{where} is not a readable image ({e})") from e
 
     def load(self, stem: str, num_seg: int = 10, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """(crops [num_seg, size, size, 3] uint8, valid [num_seg] bool) for image `stem`."""
-        if stem not in self.index:
+        found = self._stem(stem)
+        if found is None:
             raise KeyError(f"{self.path}: no segment folder for image {stem!r} ({len(self.index)} stems in the zip)")
-        members = self.index[stem][:num_seg]
+        members = self.index[found][:num_seg]
         crops = np.zeros((num_seg, size, size, 3), np.uint8)
         for i, (_, member) in enumerate(members):
             crops[i] = _resize(self._read(member), size)
@@ -621,7 +647,7 @@ def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], siz
         z.writestr("__MACOSX/image_segments/._x_0.jpg", b"junk")
     return path
 
-# %% ../nbs/03_segments.ipynb 66
+# %% ../nbs/03_segments.ipynb 68
 RELEASE_SOURCE = "release"          # `segment_source` of segments read from a release zip
 SEGMENT_TABLE_COLUMNS = ["image_id", "image_hash", "segment_path", "n_valid", "n_masks", "segment_source"]
 
@@ -692,7 +718,7 @@ def segment_in_pool(paths: Sequence[str], segmenter: Segmenter, cfg: SegmentConf
                              initargs=(segmenter, cfg)) as pool:
         yield from pool.map(_segment_path, paths, chunksize=max(1, len(paths) // (4 * workers)))
 
-# %% ../nbs/03_segments.ipynb 67
+# %% ../nbs/03_segments.ipynb 69
 def _table_row(image_id: str, ihash: str, path: Path, seg: Segments | None, num_seg: int, source: str) -> dict:
     """One row of the segment table (`n_valid`, `n_masks` None until `seg` is known)."""
     known = seg is not None
@@ -720,7 +746,9 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
     rows, pending, n, per_zip, t0 = [], [], Counter(hits=0, misses=0, corrupt=0), Counter(), time.perf_counter()
     with ExitStack() as stack:
         zips = open_release(release, cfg, cache, stack)
-        for r in df.itertuples(index=False):
+        bar = stack.enter_context(progress(df.itertuples(index=False), total=len(df), desc=f"segments ({segmenter.name})",
+                                           unit="image"))
+        for r in bar:
             image = np.asarray(load_image(r.image_path))
             ihash = image_digest(image)
             zf, zhash = zips.get(getattr(r, "domain", None), (None, None))
@@ -739,13 +767,17 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
                 seg, hit, bad = cached_segments(cache, ihash, key, make, on_corrupt, r.image_id)
             n["hits" if hit else "misses"] += 1; n["corrupt"] += bad
             rows.append(_table_row(r.image_id, ihash, cache.path(ihash, key), seg, num_seg, source))
+            bar.set_postfix(dict(hits=n["hits"], computed=n["misses"] - len(pending), **({"queued": len(pending)} if pooled else {})),
+                            refresh=False)
     if pending:
         log.info(f"segments: {len(pending)} misses of backend {segmenter.name} computed in {min(workers, len(pending))} worker processes")
-        for (i, path, ihash), (got, seg) in zip(pending, segment_in_pool([p for _, p, _ in pending], segmenter, cfg, workers)):
-            if got != ihash:
-                raise ValueError(f"{path} changed while segment_manifest was running (hash {ihash[:12]} then {got[:12]}); run it again")
-            cache.save(ihash, chash, seg)
-            rows[i] = _table_row(rows[i]["image_id"], ihash, cache.path(ihash, chash), seg, num_seg, segmenter.name)
+        with progress(segment_in_pool([p for _, p, _ in pending], segmenter, cfg, workers), total=len(pending),
+                      desc=f"segments ({segmenter.name}, {min(workers, len(pending))} workers)", unit="image") as computed:
+            for (got, seg), (i, path, ihash) in zip(computed, pending):       # bar first: it counts the last one too
+                if got != ihash:
+                    raise ValueError(f"{path} changed while segment_manifest was running (hash {ihash[:12]} then {got[:12]}); run it again")
+                cache.save(ihash, chash, seg)
+                rows[i] = _table_row(rows[i]["image_id"], ihash, cache.path(ihash, chash), seg, num_seg, segmenter.name)
     stats = dict(images=len(df), **n, from_release=sum(per_zip.values()), seconds=time.perf_counter() - t0)
     for domain, (zf, zhash) in zips.items():
         total = int((df.domain == domain).sum())
@@ -765,7 +797,7 @@ def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, 
     pairs = [read_segments(p, num_seg) for p in table.segment_path]
     return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
 
-# %% ../nbs/03_segments.ipynb 83
+# %% ../nbs/03_segments.ipynb 87
 class SegmentStore(Mapping):
     """Read-only `{image_id: (crops [num_seg, S, S, 3] uint8, valid [num_seg] bool)}` read from the cache on access."""
     def __init__(self, table: pd.DataFrame, num_seg: int = 10):
