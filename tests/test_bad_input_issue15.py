@@ -90,6 +90,23 @@ def test_segment_zip_over_the_pixel_limit_names_zip_member_and_limit(tmp_path, p
             assert "PIL.Image.MAX_IMAGE_PIXELS" in msg, msg
 
 
+def test_segment_manifest_with_a_bomb_in_the_release_zip_names_zip_and_member(tmp_path, pixel_limit):
+    from urbancross.data import make_manifest
+    from urbancross.segments import SegmentCache, SegmentConfig, make_segmenter, segment_manifest
+    Image.fromarray(noisy(16, 16)).save(tmp_path / "t_1.png")
+    zp = tmp_path / "image_segments.zip"
+    with zipfile.ZipFile(zp, "w") as z:
+        z.writestr("image_segments/t_1/t_1_0.png", png_bytes(noisy(40, 40)))       # 1600 pixels
+    df = make_manifest([dict(image_id="finland/t_1", image_path=str(tmp_path / "t_1.png"), captions=["x"], domain="finland")])
+    pixel_limit(1000)                                                             # the 16x16 image itself is fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageLoadError, match=rf"{zp}:image_segments/t_1/t_1_0.png is refused as a decompression bomb: "
+                                                 r"it has 1,600 pixels, more than PIL.Image.MAX_IMAGE_PIXELS = 1,000"):
+            segment_manifest(df, make_segmenter("superpixel"), SegmentCache(tmp_path / "cache"), num_seg=2,
+                             cfg=SegmentConfig(num_stored=2, crop_size=8), release={"finland": zp})
+
+
 def _patch_method(data: bytes, method: int) -> bytes:
     """A one-member zip with its compression method set to `method` in both headers."""
     data = bytearray(data)
