@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install reproduce paper-dryrun test export clean-nbs check-sync lab
+.PHONY: install reproduce reproduce-all reproduce-plan paper-dryrun test export clean-nbs check-sync lab
 
 $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,18 @@ $(VENV)/.installed: settings.ini setup.py
 
 install: $(VENV)/.installed
 
+CORES ?= $(shell nproc)
+# The workflow (Snakemake, workflow/Snakefile): resumes, skips what is up to date, reruns what a change affects.
 reproduce: install
+	$(BIN)/python -m urbancross.workflow reproduce --profile $(PROFILE) --cores $(CORES) $(ARGS)
+
+# The plain papermill run-all, every notebook in order in one process each, nothing skipped.
+reproduce-all: install
 	$(BIN)/python -m urbancross.experiment --profile $(PROFILE) $(ARGS)
+
+# What the paper profile's workflow would run (no data or GPU needed to plan it).
+reproduce-plan: install
+	$(BIN)/python -m urbancross.workflow reproduce --profile paper --dry-run
 
 paper-dryrun: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m urbancross.dryrun

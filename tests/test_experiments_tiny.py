@@ -15,9 +15,10 @@ TINY = dict(model_name="UC-TinyViT", pretrained="", image_size=32, context_lengt
             tile_size=64, epochs=1, batch_size=8, da_epochs=1, source_batch=8, target_batch=2, num_seg_stored=3,
             num_seg=2, segment_size=32, views=1, device="cpu", eval_block_size=64, threads=1)
 EXTRA = {"20_within_domain": dict(budget_steps=2), "21_ablation_sam": dict(seeds=[0]),
-         "22_ablation_lmm": dict(seeds=[0]), "23_cross_domain": dict(seeds=[0]), "24_retrieval_demo": dict(k=3)}
+         "22_ablation_lmm": dict(seeds=[0]), "23_cross_domain": dict(seeds=[0]),
+         "23b_cross_domain_summary": dict(seeds=[0]), "24_retrieval_demo": dict(k=3)}
 WRITES = {"20_within_domain": "within_domain", "21_ablation_sam": "ablation_sam", "22_ablation_lmm": "ablation_lmm",
-          "23_cross_domain": "cross_domain", "25_paper_vs_ours": "paper_vs_ours", "26_rs_benchmarks": "rs_benchmarks",
+          "23b_cross_domain_summary": "cross_domain", "25_paper_vs_ours": "paper_vs_ours", "26_rs_benchmarks": "rs_benchmarks",
           "27_claims": "claims"}
 
 
@@ -40,7 +41,7 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
     out.mkdir(parents=True)
     nbs = experiment_notebooks(ROOT / "nbs")
     assert [p.stem for p in nbs] == ["20_within_domain", "21_ablation_sam", "22_ablation_lmm", "23_cross_domain",
-                                     "24_retrieval_demo", "25_paper_vs_ours", "26_rs_benchmarks", "27_claims"]
+                                     "23b_cross_domain_summary", "24_retrieval_demo", "25_paper_vs_ours", "26_rs_benchmarks", "27_claims"]
     for nb in nbs:
         params = dict(profile="smoke", overrides={**TINY, "trainable": regime}, **EXTRA.get(nb.stem, {}))
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent),

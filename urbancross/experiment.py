@@ -23,8 +23,8 @@ from .data import load_karpathy_json, load_urbancross_country, read_manifest
 # %% auto 0
 __all__ = ['log', 'DATASETS', 'PATH_FIELDS', 'DATA_README', 'resolve_path', 'data_root', 'load_profile_data',
            'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare', 'select', 'write_results',
-           'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters', 'run_all',
-           'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
+           'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters', 'run_notebook',
+           'run_all', 'reproduce', 'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
@@ -149,7 +149,7 @@ def experiment_notebooks(nbs_dir: str | Path | None = None) -> list[Path]:
     """Numbered notebooks from `20_` up that have a parameters cell, in run order."""
     nbs_dir = Path(nbs_dir) if nbs_dir else paths()["root"] / "nbs"
     out = []
-    for p in sorted(nbs_dir.glob("[0-9][0-9]_*.ipynb")):
+    for p in sorted(nbs_dir.glob("[0-9][0-9]*_*.ipynb")):
         if int(p.name[:2]) >= 20 and parameters_cells(p):
             out.append(p)
     return out
@@ -176,8 +176,32 @@ def notebook_parameters(nb: Path, params: dict) -> dict:
     declared = literal_parameters(nb)
     return {k: v for k, v in params.items() if k in declared}
 
+def _stream_kernel_log() -> None:
+    """Let papermill's cell outputs reach this process's log (once), so a long notebook shows what it is doing."""
+    import logging
+    pl = logging.getLogger("papermill")
+    if not pl.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("    | %(message)s"))
+        pl.addHandler(h); pl.setLevel(logging.INFO); pl.propagate = False
+
+def run_notebook(nb: Path, out_path: Path, profile: str, overrides: dict | None = None, params: dict | None = None,
+                 log_output: bool = True) -> None:
+    """Execute one experiment notebook with papermill (what each job of a run does); the executed copy goes to `out_path`.
+
+    The kernel's output is streamed to this process's stdout as it runs (`log_output`), with papermill's
+    cell progress bar when stderr is a terminal."""
+    import papermill as pm
+    if log_output:
+        _stream_kernel_log()
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(str(nb), str(out_path), parameters=dict(profile=profile, overrides=dict(overrides or {}), **(params or {})),
+                        cwd=str(Path(nb).parent), kernel_name="python3", log_output=log_output,
+                        progress_bar=sys.stderr.isatty() and not os.environ.get("CI"))
+
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
-            out_dir: str | Path | None = None, overrides: dict | None = None, params: dict | None = None) -> list[dict]:
+            out_dir: str | Path | None = None, overrides: dict | None = None, params: dict | None = None,
+            log_output: bool = True) -> list[dict]:
     """Run experiment notebooks in order with papermill; stop at the first failure."""
     import papermill as pm
     nbs = [Path(n) for n in notebooks] if notebooks else experiment_notebooks()
@@ -189,9 +213,7 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
         print(f"[{k}/{len(nbs)}] {nb.name} (profile={profile}{''.join(f', {a}={b!r}' for a, b in extra.items())}) ...", flush=True)
         t0 = time.time()
         try:
-            pm.execute_notebook(str(nb), str(out_dir / nb.name),
-                                parameters=dict(profile=profile, overrides=dict(overrides or {}), **extra),
-                                cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+            run_notebook(nb, out_dir / nb.name, profile, overrides, extra, log_output)
         except pm.PapermillExecutionError as e:
             first = (e.source or "").strip().splitlines()[:1]
             print(f"FAILED {nb.name} at cell {e.cell_index} (execution count {e.exec_count}: "
@@ -199,9 +221,15 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
                   f"partial output kept in {out_dir / nb.name}", flush=True)
             raise SystemExit(1)
         done.append(dict(notebook=nb.name, seconds=round(time.time() - t0, 1)))
-        print(f"[{k}/{len(nbs)}] {nb.name} done in {done[-1]['seconds']:.0f} s", flush=True)
+        print(f"[{k}/{len(nbs)}] {nb.name} done in {done[-1]['seconds']:.0f} s (elapsed {time.time() - t_all:.0f} s)", flush=True)
     print(f"all {len(nbs)} notebooks done in {time.time() - t_all:.0f} s (profile={profile})", flush=True)
     return done
+
+def reproduce(profile: str = "smoke", cores: int | None = None, dry_run: bool = False, settings: Sequence[str] = (),
+              params: Sequence[str] = (), only: Sequence[str] = (), **kw) -> int:
+    """The workflow run of `profile` (Snakemake; see `14b_workflow.reproduce`): exit status."""
+    from urbancross.workflow import reproduce as _reproduce
+    return _reproduce(profile, cores, dry_run, settings, params, only, **kw)
 
 def parse_settings(items: Sequence[str]) -> dict:
     """`["key=value", ...]` as typed `Config` overrides; unknown keys and ill-typed values are errors."""

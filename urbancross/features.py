@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .core import Config, atomic_torch_save, get_logger, safe_torch_load
-from .data import caption_table, load_image, sha256_file
+from .data import caption_table, load_image, progress, sha256_file
 from .towers import RetrievalModel
 
 # %% auto 0
@@ -40,7 +40,7 @@ def image_trunk_features(model: RetrievalModel, images: Sequence, views: int = 1
     """Trunk features `[N, views, D]` of images (PIL or paths) rotated by k·90° for k < views."""
     model.eval()
     chunks = []
-    for s in range(0, len(images), batch_size):
+    for s in progress(range(0, len(images), batch_size), desc=f"image features ({len(images)} images)", leave=False):
         ims = [_pil(im) for im in images[s:s + batch_size]]
         per_view = [model.image_features(_conv_layout(torch.stack([model.eval_transform(im.rotate(90 * k) if k else im)
                                                                    for im in ims]).to(model.device))) for k in range(views)]
@@ -62,7 +62,8 @@ def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size:
     """Pooled text-trunk features `[M, D]` (before the projection); each distinct text is encoded once."""
     model.eval()
     unique = list(dict.fromkeys(texts))
-    chunks = [model.text_features(unique[s:s + batch_size]).float().cpu() for s in range(0, len(unique), batch_size)]
+    chunks = [model.text_features(unique[s:s + batch_size]).float().cpu()
+              for s in progress(range(0, len(unique), batch_size), desc=f"text features ({len(unique)} texts)", leave=False)]
     if not chunks:
         return torch.zeros(0)
     row = {t: i for i, t in enumerate(unique)}
@@ -157,7 +158,7 @@ def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids:
                             batch_size: int = 64, num_seg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment-trunk features `[N, K, D]` and validity `[N, K]` of each image's first `num_seg` crops (default all), streamed."""
     feats, valid, pending, k = [], [], [], None
-    for image_id in image_ids:
+    for image_id in progress(image_ids, desc="segment features", leave=False):
         crops, v = segments[image_id]
         crops, v = crops[:num_seg], v[:num_seg]
         k = len(v) if k is None else k

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .core import Config, Registry, atomic_write, get_device, get_logger, paths
-from .data import load_image, sha256_file
+from .data import load_image, progress, sha256_file
 
 # %% auto 0
 __all__ = ['log', 'PROMPTS', 'NUMBER_WORDS', 'TAGGED_NOUNS', 'STAGES', 'CAPTIONERS', 'DTYPES', 'DEFAULT_GENERATION',
@@ -543,7 +543,7 @@ def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas:
     keys = [cache_key(s, captioner.model_id, prompt_id, r, params) for s, r in zip(shas, requests)]
     out = [cache.get(k) if cache is not None else None for k in keys]
     todo = [i for i, o in enumerate(out) if o is None]
-    for c in range(0, len(todo), chunk_size):
+    for c in progress(range(0, len(todo), chunk_size), desc=f"{captioner.model_id} {stage} ({len(todo)} to write)", leave=False):
         idx = todo[c:c + chunk_size]
         texts = captioner.run(stage, [items[i] for i in idx], [requests[i] for i in idx])
         for i, t in zip(idx, texts):
