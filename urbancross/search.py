@@ -3,23 +3,29 @@
 # %% ../nbs/15_search.ipynb 2
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
+import time
 from pathlib import Path
-from typing import Collection, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .core import Config, get_logger
-from .data import COUNTRY_BOUNDS, load_image
-from .features import FeatureBank
-from .towers import RetrievalModel
-from .train import gallery_embeddings
+from .core import Config, atomic_torch_save, get_device, get_logger, git_sha, paths, safe_torch_load
+from .data import COUNTRY_BOUNDS, MANIFEST_COLUMNS, load_image
+from .experiment import load_profile_data, prepare, select
+from .features import FeatureBank, trunk_fingerprint
+from .metrics import retrieval_metrics
+from .towers import RetrievalModel, build_model, set_trainable
+from .train import gallery_embeddings, make_items, train
 
 # %% auto 0
-__all__ = ['log', 'Retriever', 'plot_topk_images', 'plot_image_captions', 'plot_geo_map']
+__all__ = ['log', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HEAD_PREFIXES', 'Retriever', 'is_trunk_key', 'stores_heads_only',
+           'model_state', 'config_from_dict', 'save_model', 'default_checkpoint', 'read_checkpoint', 'load_model',
+           'train_retriever', 'evaluate_split', 'plot_topk_images', 'plot_image_captions', 'plot_geo_map']
 
 # %% ../nbs/15_search.ipynb 4
 log = get_logger("urbancross.search")
@@ -43,10 +49,14 @@ class Retriever:
         if missing:
             raise ValueError(f"{len(missing)} gallery image(s) are not in the manifest (first: {missing[0]!r}); "
                              "pass the manifest the gallery was built from")
-        self.cfg, self.model = cfg, model
-        self.gallery = rows.loc[ids].reset_index()
-        self.texts = list(gallery.texts) if isinstance(gallery, FeatureBank) else [c for cs in gallery.captions for c in cs]
-        self.image_emb, self.text_emb, self.text_owner = gallery_embeddings(cfg, model, gallery, segments)
+        texts = list(gallery.texts) if isinstance(gallery, FeatureBank) else [c for cs in gallery.captions for c in cs]
+        self._setup(cfg, model, rows.loc[ids].reset_index(), texts, *gallery_embeddings(cfg, model, gallery, segments))
+
+    def _setup(self, cfg: Config, model: RetrievalModel, gallery: pd.DataFrame, texts: list, image_emb: torch.Tensor,
+               text_emb: torch.Tensor, text_owner: torch.Tensor) -> None:
+        self.cfg, self.model, self.gallery, self.texts = cfg, model, gallery, texts
+        self.image_emb, self.text_emb, self.text_owner = image_emb, text_emb, text_owner
+        self.history: pd.DataFrame | None = None      # per-epoch training history, when known
         self._pos = {i: p for p, i in enumerate(self.gallery.image_id)}
         log.info(f"retriever: {len(self.gallery)} images, {len(self.texts)} captions, model {cfg.model_name} "
                  f"(profile {cfg.profile}), segment fusion {cfg.fuse_segments if cfg.use_sam else 0}")
@@ -91,7 +101,186 @@ class Retriever:
                                  owner=self.gallery.image_id.values[owner], score=top.values.numpy(),
                                  is_own_caption=owner == pos))
 
+    def evaluate(self) -> dict:
+        """R@1/5/10 both ways and mR of the gallery's own captions against its images (`metrics.retrieval_metrics`)."""
+        return retrieval_metrics(self.image_emb, self.text_emb, self.text_owner, block_size=self.cfg.eval_block_size)
+
+    def save(self, path: str | Path) -> Path:
+        """Write config, trained weights (`model_state`) and gallery embeddings to one file, atomically."""
+        return atomic_torch_save(_checkpoint(self.cfg, self.model, _gallery_state(self), self.history), path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "Retriever":
+        """The retriever saved at `path`: the model rebuilt with `build_model` and loaded, the gallery as it was saved."""
+        ck = read_checkpoint(path)
+        if ck.get("gallery") is None:
+            raise ValueError(f"checkpoint {path} holds a model but no gallery; load it with load_model({str(path)!r}) "
+                             "and build Retriever(cfg, model, gallery, manifest)")
+        gallery, texts, image_emb, text_emb, owner = _gallery_from_state(ck["gallery"], path)
+        cfg, model = _restore(ck, path, device)
+        r = cls.__new__(cls)
+        r._setup(cfg, model, gallery, texts, image_emb, text_emb, owner)
+        r.history = pd.DataFrame(ck.get("history") or [])
+        return r
+
 # %% ../nbs/15_search.ipynb 21
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "urbancross-retriever", 1
+HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")
+
+def is_trunk_key(name: str) -> bool:
+    """Whether a state-dict key is part of a trunk (what `trunk_fingerprint` hashes), not a head or the temperature."""
+    return not name.startswith(HEAD_PREFIXES) and "logit" not in name
+
+def stores_heads_only(cfg: Config) -> bool:
+    """Whether a checkpoint under `cfg` keeps only the heads: frozen trunks that `build_model(cfg)` loads again."""
+    return cfg.trainable == "heads" and bool(cfg.pretrained)
+
+def model_state(cfg: Config, model: RetrievalModel) -> dict:
+    """The trained part of `model` (heads only, or every tensor; see `stores_heads_only`) and its trunk's fingerprint."""
+    heads_only = stores_heads_only(cfg)
+    tensors = {k: v.detach().cpu() for k, v in model.state_dict().items() if not (heads_only and is_trunk_key(k))}
+    return dict(tensors=tensors, heads_only=heads_only, trunk_fingerprint=trunk_fingerprint(model),
+                model_name=cfg.model_name, pretrained=cfg.pretrained)
+
+def config_from_dict(d: Mapping, source: str = "config") -> Config:
+    """A `Config` from its dict (lists back to tuples); a field this version does not know is an error naming `source`."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if unknown := sorted(set(d) - set(fields)):
+        raise ValueError(f"{source}: unknown Config field(s) {unknown}; it was written by another version of urbancross")
+    return Config(**{k: tuple(v) if isinstance(fields[k].default, tuple) and isinstance(v, list) else v for k, v in d.items()})
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+def _checkpoint(cfg: Config, model: RetrievalModel, gallery: dict | None, history: pd.DataFrame | None = None) -> dict:
+    from urbancross import __version__
+    rows = [] if history is None else [{k: _plain(v) for k, v in r.items()} for r in history.to_dict("records")]
+    return dict(format=CHECKPOINT_FORMAT, format_version=CHECKPOINT_VERSION, config=cfg.to_dict(),
+                model=model_state(cfg, model), gallery=gallery, history=rows,
+                provenance=dict(urbancross=str(__version__), torch=str(torch.__version__), git_sha=git_sha(),
+                                saved=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+
+def save_model(path: str | Path, cfg: Config, model: RetrievalModel) -> Path:
+    """Write `cfg` and the trained part of `model` to one file, atomically (a checkpoint without a gallery)."""
+    return atomic_torch_save(_checkpoint(cfg, model, None), path)
+
+def default_checkpoint(profile: str = "smoke") -> Path:
+    """Where the command line keeps a profile's retriever: `checkpoints/<profile>/retriever.pt` under the project root."""
+    return paths()["checkpoints"] / profile / "retriever.pt"
+
+# %% ../nbs/15_search.ipynb 23
+def read_checkpoint(path: str | Path) -> dict:
+    """The dict in a retriever checkpoint (weights only); a missing, corrupt or foreign file is an error naming it."""
+    ck = safe_torch_load(path)
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        found = f"keys {sorted(map(str, ck))[:8]}" if isinstance(ck, dict) else f"a {type(ck).__name__}"
+        hint = (" (a training-state checkpoint of train(checkpoint=...): load its weights with "
+                "distributed.load_checkpoint)") if isinstance(ck, dict) and "optimizer" in ck else ""
+        raise ValueError(f"{path} is not an UrbanCross retriever checkpoint: it holds {found}{hint}; "
+                         "write one with Retriever.save or `python -m urbancross train`")
+    if ck.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {ck['format_version']} is newer than this urbancross reads "
+                         f"({CHECKPOINT_VERSION}); upgrade urbancross")
+    if missing := [k for k in ("config", "model") if not isinstance(ck.get(k), dict)]:
+        raise ValueError(f"{path}: retriever checkpoint without {missing}; the file is damaged, save it again")
+    return ck
+
+def _device(cfg: Config, device: str | None) -> torch.device:
+    if device:
+        return get_device(device)
+    return get_device("auto" if cfg.device.startswith("cuda") else cfg.device)
+
+def _restore(ck: dict, path: str | Path, device: str | None = None) -> tuple[Config, RetrievalModel]:
+    cfg = config_from_dict(ck["config"], f"checkpoint {path}")
+    dev = _device(cfg, device)
+    cfg, part = cfg.replace(device=str(dev)), ck["model"]
+    model = build_model(cfg, dev)
+    if part.get("heads_only"):
+        here = trunk_fingerprint(model)
+        if here != part.get("trunk_fingerprint"):
+            raise ValueError(f"checkpoint {path}: its heads were trained on trunk {part.get('trunk_fingerprint')} of "
+                             f"{part.get('model_name')} (pretrained={part.get('pretrained')!r}), but build_model gives "
+                             f"trunk {here} here: the trunk weights differ (another file, tag or version); "
+                             "load it with the weights it was trained on")
+    try:
+        missing, unexpected = model.load_state_dict(part["tensors"], strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit {cfg.model_name}: {str(e)[:300]}") from e
+    missing = [k for k in missing if not (part.get("heads_only") and is_trunk_key(k))]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit {cfg.model_name}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    set_trainable(model, cfg.trainable, cfg.trainable_blocks)
+    log.info(f"loaded {path}: {cfg.model_name} (profile {cfg.profile}, trainable={cfg.trainable}, "
+             f"{'heads on trunk ' + part['trunk_fingerprint'] if part.get('heads_only') else 'every tensor'}) on {dev}")
+    return cfg, model.eval()
+
+def load_model(path: str | Path, device: str | None = None) -> tuple[Config, RetrievalModel]:
+    """(config, trained model) of a checkpoint written by `save_model` or `Retriever.save`."""
+    return _restore(read_checkpoint(path), path, device)
+
+# %% ../nbs/15_search.ipynb 25
+def _gallery_state(r: "Retriever") -> dict:
+    g, n = r.gallery, len(r.gallery)
+    col = lambda c, default: list(g[c]) if c in g.columns else [default] * n
+    coords = lambda c: torch.tensor(pd.to_numeric(g[c], errors="coerce").to_numpy(float) if c in g.columns
+                                    else np.full(n, np.nan), dtype=torch.float64)
+    return dict(image_id=[str(i) for i in g.image_id], image_path=[str(p) for p in g.image_path],
+                domain=[str(d) for d in g.domain], split=[str(s) for s in col("split", "")],
+                tags=[str(t) for t in col("tags", "")], lat=coords("lat"), lon=coords("lon"), texts=list(r.texts),
+                image_emb=r.image_emb.float().cpu().contiguous(), text_emb=r.text_emb.float().cpu().contiguous(),
+                text_owner=r.text_owner.long().cpu())
+
+def _gallery_from_state(g: dict, path: str | Path) -> tuple:
+    need = ["image_id", "image_path", "domain", "split", "tags", "lat", "lon", "texts", "image_emb", "text_emb", "text_owner"]
+    if missing := [k for k in need if k not in g]:
+        raise ValueError(f"checkpoint {path}: the gallery lacks {missing}; the file is damaged, save it again")
+    n, m = len(g["image_id"]), len(g["texts"])
+    sizes = {k: len(g[k]) for k in ("image_path", "domain", "split", "tags", "lat", "lon", "image_emb")}
+    owner = g["text_owner"]
+    if any(v != n for v in sizes.values()) or len(g["text_emb"]) != m or len(owner) != m or n == 0 \
+            or (m and not (0 <= int(owner.min()) and int(owner.max()) < n)):
+        raise ValueError(f"checkpoint {path}: the gallery's parts do not fit ({n} image ids, {sizes}, {m} captions, "
+                         f"{len(g['text_emb'])} caption embeddings, {len(owner)} owners); the file is damaged")
+    caps = [[] for _ in range(n)]
+    for t, o in zip(g["texts"], owner.tolist()):
+        caps[o].append(t)
+    df = pd.DataFrame(dict(image_id=g["image_id"], image_path=g["image_path"], captions=caps, domain=g["domain"],
+                           lat=g["lat"].numpy(), lon=g["lon"].numpy(), split=g["split"], tags=g["tags"]))
+    return df[MANIFEST_COLUMNS], list(g["texts"]), g["image_emb"].float(), g["text_emb"].float(), owner.long()
+
+# %% ../nbs/15_search.ipynb 34
+def _check_split(cfg: Config, df: pd.DataFrame, split: str) -> None:
+    if not (df.split == split).any():
+        raise ValueError(f"the data ({cfg.data_source}, {len(df)} images) has no {split!r} split image; "
+                         f"its splits are {sorted(set(df.split))}")
+
+def train_retriever(cfg: Config, data: pd.DataFrame | None = None, model: RetrievalModel | None = None,
+                    cache_root: str | Path | None = None, gallery_split: str = "test") -> Retriever:
+    """Train within-domain on the train split of `data` (default: the profile's) with the training core; a Retriever over `gallery_split`."""
+    df = load_profile_data(cfg) if data is None else data
+    for s in ("train", gallery_split):
+        _check_split(cfg, df, s)
+    prepared, segments, model = prepare(cfg, df, model, cache_root)
+    parts = {s: select(prepared, split=s) for s in ("train", "val", gallery_split)}
+    log.info(f"train_retriever: profile {cfg.profile}, {len(parts['train'])} training images of {sorted(set(df.domain))}, "
+             f"gallery = {len(parts[gallery_split])} {gallery_split} images")
+    history = train(cfg, model, make_items(cfg, model, parts["train"], segments), val=parts["val"] if len(parts["val"]) else None)
+    r = Retriever(cfg, model, parts[gallery_split], df, segments)
+    r.history = history
+    return r
+
+def evaluate_split(cfg: Config, model: RetrievalModel, split: str = "test", data: pd.DataFrame | None = None,
+                   cache_root: str | Path | None = None) -> tuple[dict, int, int]:
+    """(metrics, images, captions) of `model` on a split of `data` (default: the profile's), encoded again."""
+    df = load_profile_data(cfg) if data is None else data
+    _check_split(cfg, df, split)
+    prepared, segments, model = prepare(cfg, df, model, cache_root)
+    part = select(prepared, split=split)
+    img, txt, owner = gallery_embeddings(cfg, model, part, segments)
+    return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size), len(img), len(txt)
+
+# %% ../nbs/15_search.ipynb 38
 def plot_topk_images(result: pd.DataFrame, query: str, ncols: int = 4, relevant: Collection[str] = ()):
     """Grid of the images of a `query_text` result, with rank, id, domain and score in each title."""
     import matplotlib.pyplot as plt
@@ -112,7 +301,7 @@ def plot_topk_images(result: pd.DataFrame, query: str, ncols: int = 4, relevant:
     fig.suptitle(textwrap.fill(f"query: \u201c{query}\u201d", 90), fontsize=10)
     return fig
 
-# %% ../nbs/15_search.ipynb 24
+# %% ../nbs/15_search.ipynb 41
 def plot_image_captions(result: pd.DataFrame, image_path: str | Path, title: str = "", width: int = 60):
     """An image beside the captions of a `query_image` result as score bars, its own captions in green."""
     import matplotlib.pyplot as plt
@@ -136,7 +325,7 @@ def plot_image_captions(result: pd.DataFrame, image_path: str | Path, title: str
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return fig
 
-# %% ../nbs/15_search.ipynb 27
+# %% ../nbs/15_search.ipynb 44
 def plot_geo_map(df: pd.DataFrame, highlight: Collection[str] = (), title: str = ""):
     """Scatter of the manifest's lat/lon coloured by domain, with each known country's bounding box."""
     import matplotlib.pyplot as plt
