@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install reproduce reproduce-all reproduce-plan paper-dryrun test export clean-nbs check-sync lab
+.PHONY: install reproduce reproduce-all reproduce-plan paper-dryrun test export clean-nbs check-sync lab docs docs-check
 
 $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,17 @@ check-sync: install
 
 lab: install
 	$(BIN)/jupyter lab nbs
+
+# The documentation site (Sphinx + myst-nb, offline, executes nothing): docs/_build/html/index.html.
+# Experiment pages show the executed notebooks in results/$(DOCS_PROFILE)/notebooks/ (DOCS_NOTEBOOKS=dir reads
+# them from elsewhere); a missing one is shown without outputs, with a warning on its page.
+DOCS_PROFILE ?= smoke
+docs: install
+	$(BIN)/python docs/build.py --profile $(DOCS_PROFILE)
+
+# From scratch, Sphinx warnings are errors; then every local link, image and anchor must resolve, every
+# notebook must have a page reachable from the front page, and README.md must be what nbs/index.ipynb renders to.
+docs-check: install
+	$(BIN)/python docs/build.py --profile $(DOCS_PROFILE) --clean --strict
+	$(BIN)/python docs/check_links.py docs/_build/html --notebooks nbs
+	$(BIN)/python docs/make_readme.py --check
