@@ -163,9 +163,9 @@ def api_cell(module: str, own: list[str] | None = None, elsewhere: dict[str, lis
 
 
 def missing_note(rel: str, profile: str):
-    return md_cell(f"```{{warning}}\nNo executed notebook at `{rel}`: this page shows the source notebook "
-                   f"**without outputs** (no tables or figures). `make reproduce PROFILE={profile}` writes it to "
-                   f"`outputs/{profile}/`; the executed copy committed in `{rel}` is what this page shows.\n```")
+    return md_cell(f"```{{warning}}\nNo executed copy of this notebook at `{rel}`, so this page shows its source "
+                   f"**without outputs** (no tables or figures). `make reproduce PROFILE={profile}` writes the "
+                   f"executed copies there.\n```")
 
 
 def executed_note(rel: str):

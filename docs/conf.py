@@ -38,6 +38,8 @@ html_title = f"{project} {release}"
 html_theme_options = {"page_width": "1240px", "sidebar_width": "260px", "description": _s["description"]}
 html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
 html_show_sourcelink = False
+html_static_path = ["_static"]
+html_css_files = ["urbancross.css"]
 html_copy_source = False          # the notebooks are in the repository; the site need not carry them
 
 
