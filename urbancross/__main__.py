@@ -37,15 +37,30 @@ def _reported():
         typer.secho(f"error: {e}", err=True, fg="red")
         raise typer.Exit(2) from None
 
-def _logging(default: bool) -> None:
-    """Library logs at INFO when verbose (`default` unless --verbose/--quiet), else warnings only."""
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+@contextlib.contextmanager
+def _logging(default: bool):
+    """Library logs at INFO while a command runs if verbose (`default` unless --verbose/--quiet), else warnings only;
+    the levels and environment are restored afterwards (a command run in-process leaves no trace)."""
     verbose = default if _OPTIONS["verbose"] is None else _OPTIONS["verbose"]
-    if not verbose:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        logging.getLogger().setLevel(logging.ERROR)
     from urbancross.core import get_logger
-    get_logger().setLevel(logging.INFO if verbose else logging.WARNING)
+    package, root = get_logger(), logging.getLogger()
+    saved = package.level, root.level, {k: os.environ.get(k) for k in _QUIET_ENV}
+    if not verbose:
+        for k, v in _QUIET_ENV.items():
+            os.environ.setdefault(k, v)
+        root.setLevel(logging.ERROR)
+    package.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        package.setLevel(saved[0]); root.setLevel(saved[1])
+        for k, v in saved[2].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 def _config(profile: str, settings: list[str] | None):
     """The `Config` of `profile` with the `--set` fields."""
@@ -88,9 +103,8 @@ def train(profile: Profile = "smoke", settings: Settings = None,
               "checkpoint file to write [default: checkpoints/<profile>/retriever.pt]"))] = None) -> None:
     """Train a retriever within-domain on a profile's data (the training core) and save it as one checkpoint."""
     t0 = time.perf_counter()
-    with _reported():
+    with _reported(), _logging(True):
         cfg = _config(profile, settings)
-        _logging(True)
         from urbancross.search import default_checkpoint, train_retriever
         r = train_retriever(cfg)
         path = r.save(out or default_checkpoint(cfg.profile))
@@ -107,8 +121,7 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="a checkpoint writt
                  "score the gallery stored in the checkpoint instead (no data needed)"))] = False,
              settings: Settings = None) -> None:
     """R@1/5/10 both ways and mR of a saved retriever on the test split of its data, encoded again."""
-    with _reported():
-        _logging(True)
+    with _reported(), _logging(True):
         from urbancross.experiment import parse_settings, resolve_settings
         from urbancross.search import Retriever, evaluate_split
         overrides = resolve_settings(parse_settings(settings or []))
@@ -131,8 +144,7 @@ def search(query: Annotated[str, typer.Argument(help='free text, e.g. "a dense t
            k: Annotated[int, typer.Option("-k", "--top", min=1, help="how many images")] = 5,
            as_json: Annotated[bool, typer.Option("--json", help="one JSON object per image instead of a table")] = False) -> None:
     """The images of a saved retriever's gallery closest to a free-text query, with their scores."""
-    with _reported():
-        _logging(False)
+    with _reported(), _logging(False):
         from urbancross.search import Retriever, default_checkpoint
         path = checkpoint or default_checkpoint(profile)
         if not Path(path).exists():
@@ -157,8 +169,7 @@ def reproduce(profile: Profile = "smoke",
               only: Annotated[Optional[list[str]], typer.Option("--only", metavar="NAME", help=(
                   "an experiment notebook to run, e.g. 23_cross_domain (repeat for more) [default: all]"))] = None) -> None:
     """Regenerate a profile's results and figures: the experiment workflow (urbancross.experiment.reproduce)."""
-    with _reported():
-        _logging(True)
+    with _reported(), _logging(True):
         import urbancross.experiment as experiment
         run = getattr(experiment, "reproduce", None)
         if run is None:
