@@ -183,6 +183,8 @@ def read_checkpoint(path: str | Path) -> dict:
                          f"({CHECKPOINT_VERSION}); upgrade urbancross")
     if missing := [k for k in ("config", "model") if not isinstance(ck.get(k), dict)]:
         raise ValueError(f"{path}: retriever checkpoint without {missing}; the file is damaged, save it again")
+    if not isinstance(ck["model"].get("tensors"), dict):
+        raise ValueError(f"{path}: retriever checkpoint without model tensors; the file is damaged, save it again")
     return ck
 
 def _device(cfg: Config, device: str | None) -> torch.device:
