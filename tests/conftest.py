@@ -20,3 +20,8 @@ def no_network(monkeypatch):
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes minutes (runs by default; deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")

@@ -112,9 +112,11 @@ def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: st
     """Run one notebook job (papermill), keep the executed notebook at `executed`, then write `marker`; seconds taken."""
     from urbancross.core import atomic_write
     from urbancross.experiment import run_notebook
-    t0 = time.time()
+    t0, what = time.time(), Path(executed).stem
+    print(f"job {what}: starting ({time.strftime('%H:%M:%S')})", flush=True)
     run_notebook(Path(notebook), Path(executed), profile, overrides or {}, params or {})
     seconds = round(time.time() - t0, 1)
+    print(f"job {what}: done in {seconds:.0f} s", flush=True)
     with atomic_write(marker) as f:
         json.dump(dict(notebook=Path(notebook).name, profile=profile, seconds=seconds, params=params or {},
                        overrides=overrides or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S")), f, indent=1)
@@ -135,13 +137,13 @@ def reproduce_command(profile: str = "smoke", cores: int | None = None, dry_run:
     conf = [f"profile={profile}", f"settings={json.dumps(list(settings))}", f"params={json.dumps(list(params))}",
             f"only={json.dumps(list(only))}"] + ([f"grid_chunk={grid_chunk}"] if grid_chunk else [])
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile()), "--directory", str(project_root()),
-           "--rerun-incomplete", "--nolock", "--config", *conf]
+           "--rerun-incomplete", "--nolock", "--quiet", "rules", "--config", *conf]
     if executor:
         cmd += ["--executor", executor, "--jobs", str(jobs or 100)]
     else:
         cmd += ["--cores", str(cores or os.cpu_count() or 1)]
     if dry_run:
-        cmd += ["--dry-run", "--quiet", "rules"]
+        cmd += ["--dry-run"]
     return cmd + list(extra)
 
 def reproduce(profile: str = "smoke", cores: int | None = None, dry_run: bool = False, settings: Sequence[str] = (),
