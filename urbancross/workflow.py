@@ -21,8 +21,8 @@ from .core import PROFILES, get_config, paths, project_root
 
 # %% auto 0
 __all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'GRID_CHUNK', 'module_deps', 'module_files', 'notebook_inputs',
-           'grid_plan', 'marker_path', 'run_job', 'snakefile', 'reproduce_command', 'reproduce', 'lock_path',
-           'run_lock', 'main']
+           'grid_plan', 'marker_path', 'run_job', 'snakefile', 'reproduce_command', 'reproduce', 'job_times',
+           'lock_path', 'run_lock', 'main']
 
 # %% ../nbs/14b_workflow.ipynb 5
 NEEDS = {"23b_cross_domain_summary": ["23_cross_domain"],
@@ -169,8 +169,24 @@ def reproduce(profile: str = "smoke", cores: int | None = None, dry_run: bool = 
         if not held:
             print(f"reproduce: another run holds {lock_path()}; wait for it to finish", flush=True); return 3
         rc = subprocess.call(cmd)
-    print(f"reproduce: snakemake exited {rc} after {time.time() - t0:.0f} s", flush=True)
+    ran = job_times(profile, since=t0)
+    for name, sec in ran.items():
+        print(f"reproduce: {name:<34} {sec:7.0f} s", flush=True)
+    print(f"reproduce: snakemake exited {rc} after {time.time() - t0:.0f} s; {len(ran)} jobs ran, "
+          f"{sum(ran.values()):.0f} s in notebooks", flush=True)
     return rc
+
+def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) -> dict[str, float]:
+    """{job: seconds} from the finish markers of a profile written after `since` (a time.time())."""
+    done = paths(root, profile=profile)["outputs"] / "done"
+    out = {}
+    for m in sorted(done.rglob("*.json"), key=lambda p: p.stat().st_mtime) if done.exists() else []:
+        if m.stat().st_mtime >= since:
+            try:
+                out[str(m.relative_to(done).with_suffix(""))] = float(json.loads(m.read_text())["seconds"])
+            except (ValueError, KeyError):
+                continue
+    return out
 
 def lock_path() -> Path:
     return paths()["outputs"] / ".reproduce.lock"
