@@ -277,23 +277,35 @@ def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("domain").round(3)
 
 # %% ../../nbs/02d_embedded_build.ipynb 38
-def plot_samples(manifest_df: pd.DataFrame, n_per_domain: int = 6, captions_for: int = 3):
-    """A grid of tiles, one row per domain, the first caption under the first `captions_for` of each row."""
+def plot_samples(manifest_df: pd.DataFrame, n_per_domain: int = 4, fontsize: float = 9, tile_inches: float = 2.4):
+    """A grid of tiles, one row per domain (named on the left), each tile's first caption wrapped under it."""
     import matplotlib.pyplot as plt
     domains = list(dict.fromkeys(manifest_df.domain))
-    fig, axes = plt.subplots(len(domains), n_per_domain, figsize=(2.1 * n_per_domain, 2.9 * len(domains)), squeeze=False)
+    samples = {d: manifest_df[manifest_df.domain == d].head(n_per_domain) for d in domains}
+    width = max(12, int(tile_inches * 72 / (0.55 * fontsize)))          # characters per caption line
+    wrapped = {d: [textwrap.fill(str(c[0]) if len(c) else "(no caption)", width, break_on_hyphens=False) for c in g.captions]
+               for d, g in samples.items()}
+    lines = max([w.count("\n") + 1 for ws in wrapped.values() for w in ws] or [1])
+    caption_in = (lines * 1.25 * fontsize + 16) / 72                   # room for the caption under a tile
+    title_in = 1.6 * 8 / 72
+    row_in = title_in + tile_inches + caption_in
+    fig = plt.figure(figsize=(0.5 + (tile_inches + 0.15) * n_per_domain, row_in * len(domains) + 0.2))
+    grid = fig.add_gridspec(2 * len(domains), n_per_domain, height_ratios=[title_in + tile_inches, caption_in] * len(domains),
+                            left=0.5 / fig.get_figwidth(), right=1, top=1 - title_in / fig.get_figheight(), bottom=0,
+                            wspace=0.15 / tile_inches, hspace=0)
     for r, d in enumerate(domains):
-        g = manifest_df[manifest_df.domain == d].head(n_per_domain)
-        for c, ax in enumerate(axes[r]):
+        for c in range(n_per_domain):
+            ax = fig.add_subplot(grid[2 * r, c])
             ax.axis("off")
-            if c >= len(g):
+            if c == 0:
+                ax.text(-0.06, 0.5, d, transform=ax.transAxes, rotation=90, ha="right", va="center",
+                        fontsize=fontsize + 3, fontweight="bold")
+            if c >= len(samples[d]):
                 continue
-            row = g.iloc[c]
+            row = samples[d].iloc[c]
             with Image.open(row.image_path) as im:
                 ax.imshow(im.convert("RGB"))
-            ax.set_title(f"{d} · {row.image_id.split('_')[-1]}", fontsize=8)
-            if c < captions_for:
-                ax.text(0.5, -0.03, textwrap.fill(row.captions[0], 34), transform=ax.transAxes, fontsize=5.5,
-                        va="top", ha="center")
-    fig.tight_layout()
+            ax.set_title(row.image_id, fontsize=8)
+            ax.text(0.5, -0.03, wrapped[d][c], transform=ax.transAxes, fontsize=fontsize, va="top", ha="center",
+                    gid="caption")
     return fig
