@@ -29,11 +29,19 @@ def _settings():
     return [f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}" for k, v in TINY.items()]
 
 
-def _cmd(extra=()):
+def _cmd(root, extra=()):
+    """The workflow's command line for a run in compendium `root` (its outputs and Snakemake's state go there)."""
     from urbancross.workflow import reproduce_command
-    return reproduce_command("smoke", cores=1, settings=_settings(),
-                             params=[f"protocols={PROTOCOLS!r}", "seeds=[0]"], only=["23b_cross_domain_summary"],
-                             grid_chunk="cell", extra=list(extra))
+    old = os.environ.get("URBANCROSS_ROOT")
+    os.environ["URBANCROSS_ROOT"] = str(root)
+    try:
+        cmd = reproduce_command("smoke", cores=1, settings=_settings(),
+                                params=[f"protocols={PROTOCOLS!r}", "seeds=[0]"], only=["23b_cross_domain_summary"],
+                                grid_chunk="cell", extra=list(extra))
+    finally:
+        os.environ.pop("URBANCROSS_ROOT") if old is None else os.environ.__setitem__("URBANCROSS_ROOT", old)
+    assert cmd[cmd.index("--directory") + 1] == str(root) and Path(cmd[cmd.index("--snakefile") + 1]).is_relative_to(ROOT)
+    return cmd
 
 
 def _root(tmp_path, name):
@@ -62,13 +70,13 @@ def test_paper_grid_dry_run_lists_the_expected_jobs():
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_equals_a_straight_run(tmp_path):
     straight, killed = _root(tmp_path, "straight"), _root(tmp_path, "killed")
-    r = subprocess.run(_cmd(), env=_env(straight), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(_cmd(straight), env=_env(straight), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cells_dir = lambda root: root / "outputs" / "smoke" / "cross_domain" / "cells"
     n_cells = len(list(cells_dir(straight).glob("*.json")))
     assert n_cells == 2 * len(PROTOCOLS)
 
-    p = subprocess.Popen(_cmd(), env=_env(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    p = subprocess.Popen(_cmd(killed), env=_env(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     t0 = time.time()
     while len(list(cells_dir(killed).glob("*.json"))) < 1 and time.time() - t0 < 900:
@@ -77,7 +85,7 @@ def test_a_killed_run_resumes_and_equals_a_straight_run(tmp_path):
     before = {f.name: f.stat().st_mtime_ns for f in cells_dir(killed).glob("*.json")}
     assert 1 <= len(before) < n_cells, f"kill came too late or too early: {len(before)} of {n_cells} cells"
 
-    r2 = subprocess.run(_cmd(), env=_env(killed), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    r2 = subprocess.run(_cmd(killed), env=_env(killed), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = r2.stdout + r2.stderr
     assert r2.returncode == 0, log[-3000:]
     for name, mtime in before.items():                    # finished cells were not run again
@@ -95,5 +103,5 @@ def test_a_killed_run_resumes_and_equals_a_straight_run(tmp_path):
     tb = pd.read_csv(killed / "results" / "smoke" / "cross_domain.csv").drop(columns=drop)
     pd.testing.assert_frame_equal(ta, tb)
 
-    r3 = subprocess.run(_cmd(), env=_env(killed), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r3 = subprocess.run(_cmd(killed), env=_env(killed), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r3.returncode == 0 and "Nothing to be done" in r3.stdout + r3.stderr, (r3.stdout + r3.stderr)[-2000:]

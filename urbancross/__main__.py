@@ -167,7 +167,10 @@ def reproduce(profile: Profile = "smoke",
               params: Annotated[Optional[list[str]], typer.Option("--param", metavar="NAME=VALUE", help=(
                   "a notebook parameter, a Python literal, e.g. --param seeds=[0] (repeat for more)"))] = None,
               only: Annotated[Optional[list[str]], typer.Option("--only", metavar="NAME", help=(
-                  "an experiment notebook to run, e.g. 23_cross_domain (repeat for more) [default: all]"))] = None) -> None:
+                  "an experiment notebook to run, e.g. 23_cross_domain (repeat for more) [default: all]"))] = None,
+              executor: Annotated[Optional[str], typer.Option(help="a Snakemake executor, e.g. slurm (one cluster job per workflow job)")] = None,
+              jobs: Annotated[Optional[int], typer.Option(min=1, help="jobs at once with --executor [default: 100]")] = None,
+              grid_chunk: Annotated[Optional[str], typer.Option(help="cross-domain cells per job: 'cell' or 'seed' [default: the profile's]")] = None) -> None:
     """Regenerate a profile's results and figures: the experiment workflow (urbancross.experiment.reproduce)."""
     with _reported(), _logging(True):
         import urbancross.experiment as experiment
@@ -175,8 +178,9 @@ def reproduce(profile: Profile = "smoke",
         if run is None:
             raise ValueError("this urbancross has no urbancross.experiment.reproduce (the experiment workflow); "
                              "run the notebooks with `python -m urbancross.experiment` instead")
+        extra = {k: v for k, v in dict(executor=executor, jobs=jobs, grid_chunk=grid_chunk).items() if v is not None}
         code = run(profile=profile, cores=cores, dry_run=dry_run, settings=tuple(settings or ()),
-                   params=tuple(params or ()), only=tuple(only or ()))
+                   params=tuple(params or ()), only=tuple(only or ()), **extra)
     raise typer.Exit(int(code or 0))
 
 # %% ../nbs/19_cli.ipynb 8

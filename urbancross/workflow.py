@@ -124,8 +124,9 @@ def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: st
 
 # %% ../nbs/14b_workflow.ipynb 13
 def snakefile() -> Path:
-    """The compendium's `workflow/Snakefile`."""
-    return project_root() / "workflow" / "Snakefile"
+    """The `workflow/Snakefile` beside this package's source (the checkout), else under the project root."""
+    here = _package().parent / "workflow" / "Snakefile"
+    return here if here.exists() else project_root() / "workflow" / "Snakefile"
 
 def reproduce_command(profile: str = "smoke", cores: int | None = None, dry_run: bool = False,
                       settings: Sequence[str] = (), params: Sequence[str] = (), only: Sequence[str] = (),
