@@ -1,4 +1,5 @@
 """Test setup: no network (any non-loopback connection fails the test), offline model hubs."""
+import logging
 import os
 import socket
 
@@ -25,3 +26,13 @@ def no_network(monkeypatch):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes minutes (runs by default; deselect with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
+
+
+@pytest.fixture
+def uc_log(caplog):
+    """caplog wired to the `urbancross` logger (which does not propagate to the root logger)."""
+    logger = logging.getLogger("urbancross")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger="urbancross")
+    yield caplog
+    logger.removeHandler(caplog.handler)

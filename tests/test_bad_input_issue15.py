@@ -24,16 +24,6 @@ NFC, NFD = unicodedata.normalize("NFC", "café_1"), unicodedata.normalize("NFD",
 
 
 @pytest.fixture
-def uc_log(caplog):
-    """caplog wired to the `urbancross` logger (which does not propagate to the root logger)."""
-    logger = logging.getLogger("urbancross")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="urbancross")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
-@pytest.fixture
 def pixel_limit():
     """Set Pillow's `Image.MAX_IMAGE_PIXELS` for one test (restored afterwards)."""
     old = Image.MAX_IMAGE_PIXELS

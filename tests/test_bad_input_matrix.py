@@ -21,16 +21,6 @@ from urbancross.data import (MAX_CAPTION_CHARS, ImageLoadError, ManifestDataset,
                              read_manifest, validate_manifest, write_manifest)
 
 
-@pytest.fixture
-def data_log(caplog):
-    """caplog wired to the `urbancross` logger (which does not propagate to the root logger)."""
-    logger = logging.getLogger("urbancross")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="urbancross.data")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def noisy(h=48, w=48, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -162,7 +152,7 @@ def test_zero_size_image(tmp_path, w, h):
     ("deep16.tif", lambda: Image.fromarray((np.arange(12, dtype=np.uint16) * 5000).reshape(3, 4)), None),
     ("float.tif", lambda: Image.fromarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)), None),
 ], ids=lambda v: v if isinstance(v, str) else "")
-def test_unusual_modes_load_as_rgb_and_are_logged(tmp_path, data_log, name, make, expected):
+def test_unusual_modes_load_as_rgb_and_are_logged(tmp_path, uc_log, name, make, expected):
     src = make()
     p = tmp_path / name
     src.save(p)
@@ -174,15 +164,15 @@ def test_unusual_modes_load_as_rgb_and_are_logged(tmp_path, data_log, name, make
     if src.mode in ("I;16", "I", "F"):               # documented: per-image min-max stretch to 0..255
         assert arr.min() == 0 and arr.max() == 255
         assert (np.diff(arr[..., 0].ravel().astype(int)) >= 0).all()   # order of values kept
-    msgs = [r.getMessage() for r in data_log.records if r.name == "urbancross.data"]
+    msgs = [r.getMessage() for r in uc_log.records if r.name == "urbancross.data"]
     assert any(f"{p} is mode " in m and "converted to 8-bit RGB" in m for m in msgs), msgs
 
 
-def test_rgb_is_not_logged(tmp_path, data_log):
+def test_rgb_is_not_logged(tmp_path, uc_log):
     p = tmp_path / "rgb.png"
     Image.fromarray(noisy(4, 4)).save(p)
     assert np.array_equal(np.asarray(load_image(p)), noisy(4, 4))
-    assert not [r for r in data_log.records if "converted" in r.getMessage()]
+    assert not [r for r in uc_log.records if "converted" in r.getMessage()]
 
 
 def test_float_image_with_nan_is_refused(tmp_path):
@@ -241,13 +231,13 @@ def test_manifest_cut_mid_row_is_refused(tmp_path):
             read_manifest(m)
 
 
-def test_release_csv_without_final_newline_warns(tmp_path, data_log):
+def test_release_csv_without_final_newline_warns(tmp_path, uc_log):
     folder = make_urbancross_fixture(tmp_path, "Spain", n=2)
     csv = folder / "instructblip_generation_spain_refine.csv"
     csv.write_text(csv.read_text().rstrip("\n"))
     assert len(load_urbancross_country(tmp_path, "spain")) == 2
     assert any("does not end with a newline" in r.getMessage() and csv.name in r.getMessage()
-               for r in data_log.records if r.levelno == logging.WARNING)
+               for r in uc_log.records if r.levelno == logging.WARNING)
 
 
 # ---------------------------------------------------------------- duplicate ids
@@ -281,13 +271,13 @@ def test_release_csv_two_files_one_image_id(tmp_path):
         load_urbancross_country(tmp_path, "finland")
 
 
-def test_release_csv_repeated_row_dropped_with_warning(tmp_path, data_log):
+def test_release_csv_repeated_row_dropped_with_warning(tmp_path, uc_log):
     folder = make_urbancross_fixture(tmp_path, "Finland", n=3)
     csv = folder / "instructblip_generation_finland_refine.csv"
     csv.write_text(csv.read_text() + "tile1.png,an area with 1 lakes and some houses\n")
     df = load_urbancross_country(tmp_path, "finland")
     assert df.captions[1] == ["an area with 1 lakes and some houses"]
-    assert any("were dropped (lines [6])" in r.getMessage() for r in data_log.records if r.levelno == logging.WARNING)
+    assert any("were dropped (lines [6])" in r.getMessage() for r in uc_log.records if r.levelno == logging.WARNING)
 
 
 def test_caption_json_duplicate_filename(tmp_path):
@@ -318,35 +308,35 @@ def test_empty_caption_list_in_manifest_file(tmp_path):
 LONG = ("a dense residential area with many buildings " * 250)[:10_000]
 
 
-def assert_clipped(caption, data_log, where):
+def assert_clipped(caption, uc_log, where):
     assert len(caption) <= MAX_CAPTION_CHARS and LONG.startswith(caption) and len(caption) > MAX_CAPTION_CHARS // 2
-    warnings = [r.getMessage() for r in data_log.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in uc_log.records if r.levelno == logging.WARNING]
     assert any(f"1 caption(s) longer than {MAX_CAPTION_CHARS} characters truncated (first at {where}, 10000 characters)"
                in m for m in warnings), warnings
 
 
-def test_long_caption_in_manifest_is_truncated_and_logged(tmp_path, data_log):
+def test_long_caption_in_manifest_is_truncated_and_logged(tmp_path, uc_log):
     m = manifest_file(tmp_path, captions=[("short",), ("fine", LONG)])
     df = read_manifest(m)
     assert df.captions[1][0] == "fine"
-    assert_clipped(df.captions[1][1], data_log, "line 3")
+    assert_clipped(df.captions[1][1], uc_log, "line 3")
 
 
-def test_long_caption_in_release_csv(tmp_path, data_log):
+def test_long_caption_in_release_csv(tmp_path, uc_log):
     folder = make_urbancross_fixture(tmp_path, "Spain", n=3)
     csv = folder / "instructblip_generation_spain_refine.csv"
     df = pd.read_csv(csv)
     df.loc[2, "description"] = LONG
     df.to_csv(csv, index=False)
-    assert_clipped(load_urbancross_country(tmp_path, "spain").captions[2][0], data_log, "line 4")
+    assert_clipped(load_urbancross_country(tmp_path, "spain").captions[2][0], uc_log, "line 4")
 
 
-def test_long_caption_in_caption_json(tmp_path, data_log):
+def test_long_caption_in_caption_json(tmp_path, uc_log):
     j, imgs = make_karpathy_fixture(tmp_path, n=3)
     d = json.loads(j.read_text())
     d["images"][1]["sentences"][3]["raw"] = LONG
     j.write_text(json.dumps(d))
-    assert_clipped(load_karpathy_json(j, imgs, "rsicd").captions[1][3], data_log, "images[1]")
+    assert_clipped(load_karpathy_json(j, imgs, "rsicd").captions[1][3], uc_log, "images[1]")
 
 
 # ---------------------------------------------------------------- checkpoints (urbancross.core)
