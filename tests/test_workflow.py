@@ -76,24 +76,29 @@ def test_a_killed_run_resumes_and_equals_a_straight_run(tmp_path):
     n_cells = len(list(cells_dir(straight).glob("*.json")))
     assert n_cells == 2 * len(PROTOCOLS)
 
-    p = subprocess.Popen(_cmd(killed), env=_env(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-    t0 = time.time()
-    while len(list(cells_dir(killed).glob("*.json"))) < 1 and time.time() - t0 < 900:
-        time.sleep(0.5)
-    os.killpg(p.pid, signal.SIGKILL); p.wait()
-    before = {f.name: f.stat().st_mtime_ns for f in cells_dir(killed).glob("*.json")}
-    assert 1 <= len(before) < n_cells, f"kill came too late or too early: {len(before)} of {n_cells} cells"
+    log1 = tmp_path / "killed-first-run.log"
+    with open(log1, "w") as out:
+        p = subprocess.Popen(_cmd(killed), env=_env(killed), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        finished = lambda: set(re.findall(r"Finished job(?:id)?: \d+ \(Rule: grid_(\S+?)\)", log1.read_text()))
+        is_cell = lambda rule: "__" in rule
+        t0 = time.time()                                  # wait until one cell job has finished, then kill -9
+        while not any(is_cell(r) for r in finished()) and p.poll() is None and time.time() - t0 < 900:
+            time.sleep(0.2)
+        os.killpg(p.pid, signal.SIGKILL); p.wait()
+    done = {r for r in finished() if is_cell(r)}          # cell jobs Snakemake recorded as complete
+    all_cells = {f.stem for f in cells_dir(straight).glob("*.json")}
+    rule_of = {c: c.replace("-", "_") for c in all_cells}
+    before = {c: (cells_dir(killed) / f"{c}.json").stat().st_mtime_ns for c in all_cells if rule_of[c] in done}
+    assert 1 <= len(before) < n_cells, f"kill came too late or too early: {len(before)} of {n_cells} cells finished"
 
     r2 = subprocess.run(_cmd(killed), env=_env(killed), cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = r2.stdout + r2.stderr
     assert r2.returncode == 0, log[-3000:]
     for name, mtime in before.items():                    # finished cells were not run again
-        assert (cells_dir(killed) / name).stat().st_mtime_ns == mtime, name
+        assert (cells_dir(killed) / f"{name}.json").stat().st_mtime_ns == mtime, name
     ran = set(re.findall(r"^job (\S+): starting", log, re.M))              # each job prints its name
-    cells_ran = {r for r in ran if "__" in r}
-    all_cells = {f.stem for f in cells_dir(straight).glob("*.json")}
-    assert cells_ran == all_cells - {Path(n).stem for n in before}, (cells_ran, sorted(before))
+    assert {r for r in ran if "__" in r} == all_cells - set(before), (ran, sorted(before))
 
     for f in sorted(cells_dir(straight).glob("*.json")):  # the same numbers as the straight run
         a, b = json.loads(f.read_text()), json.loads((cells_dir(killed) / f.name).read_text())
