@@ -155,8 +155,7 @@ def target_run(ctx: GridContext, target: str, protocol: str, seed: int) -> dict:
     def make() -> dict:
         seed_everything(seed)
         metrics, hist, hits = run_protocol(c, protocol, ctx.model, ctx.pretrained, ctx.pretrained, parts["finetune"], parts,
-                                           ctx.segments)
-        metrics = {k: v for k, v in metrics.items() if k != "domain_probe"}
+                                           ctx.segments, probe=False)    # the probe needs a source: added per pair
         return {"state": run_state(c, ctx.model), **plain({"metrics": metrics, "hist": hist.to_dict("list"),
                                                            "hits": hits.to_dict("list")})}
     return stored_state(target_path(ctx.root, target, protocol, seed), state_key(c, tgt, f"target {target} {protocol}"),

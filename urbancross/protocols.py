@@ -104,9 +104,12 @@ def load_run_state(model: RetrievalModel, state: Mapping) -> None:
         raise ValueError(f"state does not fit the model: {bad[:3]}")
 
 def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
-                 source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None
-                 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Train `model` under protocol `name`; (metrics on the target test part, history, per-image test hits)."""
+                 source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None,
+                 probe: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Train `model` under protocol `name`; (metrics on the target test part, history, per-image test hits).
+
+    With `probe` (default) the metrics include the domain probe of `source` against the test part; a
+    target-only run, which has no source, can leave it out (`probe=False`) for the caller to add per pair."""
     p, c = PROTOCOLS.get(name), protocol_config(cfg, name)
     load_run_state(model, pretrained_state if p.train_on in ("target", "target-all") else source_state)
     hist = pd.DataFrame()
@@ -121,7 +124,8 @@ def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Ma
     elif p.train_on != "none":
         raise ValueError(f"protocol {name!r}: train_on={p.train_on!r} is not known")
     metrics, hits = evaluate_queries(c, model, parts["test"], segments)
-    metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)
+    if probe:
+        metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)
     return metrics, hist, hits
 
 def _concat(a: pd.DataFrame | FeatureBank, b: pd.DataFrame | FeatureBank) -> pd.DataFrame | FeatureBank:
