@@ -144,9 +144,6 @@ def source_state(ctx: GridContext, source: str, seed: int) -> dict:
     return stored_state(source_path(ctx.root, source, seed), state_key(c, src, f"source {source}"), make,
                         f"source checkpoint {source} seed {seed}")["state"]
 
-def _frame(records) -> pd.DataFrame:
-    return pd.DataFrame(records)
-
 def target_run(ctx: GridContext, target: str, protocol: str, seed: int) -> dict:
     """The run of a target-trained protocol on `(target, seed)`: state, metrics, history and test hits."""
     c = ctx.cfg.replace(seed=seed)
@@ -170,7 +167,7 @@ def run_cell(ctx: GridContext, cell: Cell) -> dict:
         run = target_run(ctx, cell.target, cell.protocol, cell.seed)
         load_run_state(ctx.model, run["state"])
         metrics = {**run["metrics"], "domain_probe": domain_probe(c, ctx.model, source, parts["test"], ctx.segments, seed=cell.seed)}
-        hist, hits = _frame(run["hist"]), _frame(run["hits"])
+        hist, hits = pd.DataFrame(run["hist"]), pd.DataFrame(run["hits"])
     else:
         state = source_state(ctx, cell.source, cell.seed)
         seed_everything(cell.seed)
