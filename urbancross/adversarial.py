@@ -32,10 +32,12 @@ class GradientReversal(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         return -ctx.lambd * grad, None
 
+# %% ../nbs/09_adversarial.ipynb 9
 def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
     """`x` unchanged, with its gradient reversed and scaled by `lambd` on the way back."""
     return GradientReversal.apply(x, float(lambd))
 
+# %% ../nbs/09_adversarial.ipynb 11
 class GradientReversalLayer(nn.Module):
     """`grad_reverse` as a module; set `.lambd` as training progresses."""
     def __init__(self, lambd: float = 1.0):
@@ -45,7 +47,7 @@ class GradientReversalLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return grad_reverse(x, self.lambd)
 
-# %% ../nbs/09_adversarial.ipynb 10
+# %% ../nbs/09_adversarial.ipynb 15
 def grl_lambda(progress: float, gamma: float = 10.0) -> float:
     """Gradient-reversal weight at training progress `progress` in [0, 1]: 2/(1+exp(-gamma p)) - 1."""
     p = float(progress)
@@ -54,7 +56,7 @@ def grl_lambda(progress: float, gamma: float = 10.0) -> float:
     p = min(max(p, 0.0), 1.0)
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
 
-# %% ../nbs/09_adversarial.ipynb 13
+# %% ../nbs/09_adversarial.ipynb 18
 class DomainDiscriminator(nn.Module):
     """MLP from an `embed_dim` embedding to domain logits (one logit for two domains)."""
     def __init__(self, embed_dim: int, hidden: int = 256, n_domains: int = 2, dropout: float = 0.1):
@@ -74,7 +76,7 @@ class DomainDiscriminator(nn.Module):
         out = self.net(emb)
         return out.squeeze(-1) if self.n_domains == 2 else out
 
-# %% ../nbs/09_adversarial.ipynb 16
+# %% ../nbs/09_adversarial.ipynb 21
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the domain prediction per sample: binary for [B] / [B, 1] logits, softmax for [B, C]."""
     if logits.ndim == 2 and logits.shape[1] == 1:
@@ -85,6 +87,7 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
         return -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
     raise ValueError(f"logits must be [B], [B, 1] or [B, n_domains], got shape {tuple(logits.shape)}")
 
+# %% ../nbs/09_adversarial.ipynb 24
 def sample_weights(logits: torch.Tensor | None = None, scores: torch.Tensor | None = None,
                    eps: float = 0.05) -> torch.Tensor:
     """Detached per-sample weights with mean 1: 1 + exp(-entropy) from discriminator `logits`, or from `scores`."""
@@ -99,7 +102,7 @@ def sample_weights(logits: torch.Tensor | None = None, scores: torch.Tensor | No
         w = score_weights(scores, eps).to(scores.device if torch.is_tensor(scores) else "cpu")
     return w / w.mean() if len(w) else w
 
-# %% ../nbs/09_adversarial.ipynb 20
+# %% ../nbs/09_adversarial.ipynb 30
 def _check_weights(w: torch.Tensor | None, n: int, name: str) -> torch.Tensor | None:
     """`w` detached and validated as n non-negative finite weights with a positive sum."""
     if w is None:
@@ -111,6 +114,7 @@ def _check_weights(w: torch.Tensor | None, n: int, name: str) -> torch.Tensor | 
         raise ValueError(f"{name} must be finite, >= 0 and not all zero")
     return w
 
+# %% ../nbs/09_adversarial.ipynb 33
 def weighted_domain_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted mean cross-entropy of domain `labels` (BCE for one logit per sample, CE for [B, C])."""
     if logits.ndim == 1:
@@ -120,6 +124,7 @@ def weighted_domain_loss(logits: torch.Tensor, labels: torch.Tensor, weights: to
     w = _check_weights(weights, len(per), "weights")
     return per.mean() if w is None else (w.to(per.device) * per).sum() / w.sum()
 
+# %% ../nbs/09_adversarial.ipynb 36
 def domain_loss(disc: nn.Module, src_emb: torch.Tensor, tgt_emb: torch.Tensor,
                 src_weights: torch.Tensor | None = None, tgt_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Discriminator loss for source (label 0) vs target (label 1) batches, each a weighted mean, averaged."""
@@ -133,12 +138,13 @@ def domain_loss(disc: nn.Module, src_emb: torch.Tensor, tgt_emb: torch.Tensor,
     tgt = weighted_domain_loss(logits[ns:], torch.ones(nt, device=dev), wt)
     return (src + tgt) / 2
 
+# %% ../nbs/09_adversarial.ipynb 39
 def weighted_adversarial_loss(disc: nn.Module, src_emb: torch.Tensor, tgt_emb: torch.Tensor, lambd: float = 1.0,
                               src_weights: torch.Tensor | None = None, tgt_weights: torch.Tensor | None = None) -> torch.Tensor:
     """`domain_loss` behind a gradient reversal layer: minimise it to train `disc` and fool it with the encoder."""
     return domain_loss(disc, grad_reverse(src_emb, lambd), grad_reverse(tgt_emb, lambd), src_weights, tgt_weights)
 
-# %% ../nbs/09_adversarial.ipynb 26
+# %% ../nbs/09_adversarial.ipynb 45
 def domain_probe_accuracy(src_emb: torch.Tensor, tgt_emb: torch.Tensor, seed: int = 0, l2: float = 1e-3) -> float:
     """Held-out balanced accuracy of a fresh logistic-regression probe telling source from target (0.5 = chance)."""
     x = torch.cat([src_emb, tgt_emb]).detach().double().cpu()

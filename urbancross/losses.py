@@ -22,6 +22,7 @@ def same_text_mask(texts: Sequence[str]) -> torch.Tensor:
     ids = torch.tensor([keys[t] for t in texts])
     return (ids[:, None] == ids[None, :]) & ~torch.eye(len(texts), dtype=torch.bool)
 
+# %% ../nbs/07_losses.ipynb 8
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
                      same_text: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE with temperature `exp(logit_scale)` (clamped at 100, as in CLIP)."""
@@ -31,6 +32,7 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Te
     target = torch.arange(len(img), device=img.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
+# %% ../nbs/07_losses.ipynb 11
 def triplet_loss(img: torch.Tensor, txt: torch.Tensor, margin: float = 0.2,
                  same_text: torch.Tensor | None = None) -> torch.Tensor:
     """Upstream hinge triplet loss: sum over all in-batch negatives, both directions."""
@@ -43,7 +45,7 @@ def triplet_loss(img: torch.Tensor, txt: torch.Tensor, margin: float = 0.2,
     cost_img = (margin + scores - pos[None, :]).clamp(min=0)     # caption anchor, wrong images
     return (cost_txt * neg_mask).sum() + (cost_img * neg_mask).sum()
 
-# %% ../nbs/07_losses.ipynb 8
+# %% ../nbs/07_losses.ipynb 14
 def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
               same_text: torch.Tensor | None = None) -> torch.Tensor:
     """The loss named by `cfg.loss` between two aligned batches of normalised embeddings."""
@@ -53,16 +55,18 @@ def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.
         return triplet_loss(a, b, cfg.margin, same_text)
     raise ValueError(f"loss={cfg.loss!r}; choose 'infonce' or 'triplet'")
 
+# %% ../nbs/07_losses.ipynb 17
 def alignment_loss(cfg: Config, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
                    texts: Sequence[str]) -> torch.Tensor:
     """The loss named by `cfg.loss` on one batch of images and their captions `texts`."""
     return pair_loss(cfg, img, txt, logit_scale, same_text_mask(texts))
 
-# %% ../nbs/07_losses.ipynb 12
+# %% ../nbs/07_losses.ipynb 21
 def hard_negative_margin(epoch: int, start: float = 0.5, step: float = 0.2, cap: float = 1.5) -> float:
     """Upstream margin of the hard-target-negative triplet in `epoch` (0-based)."""
     return min(start + step * epoch, cap)
 
+# %% ../nbs/07_losses.ipynb 24
 def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, target_img: torch.Tensor, margin: float) -> torch.Tensor:
     """Triplet (anchor source image, positive its caption, negative the most similar target image)."""
     if len(target_img) == 0:
@@ -70,7 +74,7 @@ def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, target_img: torch.T
     hardest = target_img[(img @ target_img.t()).argmax(1)]
     return F.triplet_margin_loss(img, txt, hardest, margin=margin)
 
-# %% ../nbs/07_losses.ipynb 16
+# %% ../nbs/07_losses.ipynb 28
 def urbancross_loss(cfg: Config, emb: dict, texts: Sequence[str], logit_scale: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Weighted image–text (+ segment–text, image–segment when `cfg.use_sam`) loss and its parts."""
     mask = same_text_mask(texts)

@@ -30,7 +30,7 @@ def _first_row(mask: torch.Tensor) -> int | None:
     hits = mask.nonzero().flatten()
     return hits[0].item() if len(hits) else None
 
-# %% ../nbs/05_metrics.ipynb 11
+# %% ../nbs/05_metrics.ipynb 13
 def check_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
     """Raise `ValueError` unless both are non-empty 2-D tensors of the same width with finite, non-zero rows."""
     if image_emb.ndim != 2 or text_emb.ndim != 2:
@@ -46,7 +46,7 @@ def check_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
         if (i := _first_row((emb == 0).all(1))) is not None:
             raise ValueError(f"{name} row {i} is all zeros, so its cosine score is undefined")
 
-# %% ../nbs/05_metrics.ipynb 12
+# %% ../nbs/05_metrics.ipynb 16
 def check_text_to_image(text_to_image: torch.Tensor, n_img: int, n_txt: int) -> None:
     """Raise `ValueError` unless `text_to_image` maps each of `n_txt` captions to one of `n_img` images, all covered."""
     if tuple(text_to_image.shape) != (n_txt,):
@@ -62,7 +62,7 @@ def check_text_to_image(text_to_image: torch.Tensor, n_img: int, n_txt: int) -> 
         raise ValueError(f"{len(uncovered)} image(s) have no caption (first: image {uncovered[0].item()}); "
                          "drop them from image_emb or add their captions")
 
-# %% ../nbs/05_metrics.ipynb 16
+# %% ../nbs/05_metrics.ipynb 20
 def score_blocks(queries: torch.Tensor, gallery: torch.Tensor, block_size: int = 1024
                  ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield `(start, queries[start:start+block_size] @ gallery.T)` for consecutive blocks of queries."""
@@ -71,7 +71,7 @@ def score_blocks(queries: torch.Tensor, gallery: torch.Tensor, block_size: int =
     for start in range(0, len(queries), block_size):
         yield start, queries[start:start + block_size] @ gallery.T
 
-# %% ../nbs/05_metrics.ipynb 21
+# %% ../nbs/05_metrics.ipynb 25
 def _balanced_starts(n: int, block_size: int) -> list[int]:
     """Start indices of the fewest near-equal blocks of at most `block_size` items, then `n`."""
     if block_size < 1:
@@ -79,7 +79,7 @@ def _balanced_starts(n: int, block_size: int) -> list[int]:
     n_blocks = -(-n // block_size)
     return [i * n // n_blocks for i in range(n_blocks + 1)]
 
-# %% ../nbs/05_metrics.ipynb 24
+# %% ../nbs/05_metrics.ipynb 28
 def _staircase(starts: list[int], group_starts: list[int], capacity: int
                ) -> Iterator[tuple[int, int, int, int, bool]]:
     """Yield score pieces covering the sorted score matrix once, in the order of the one-pass schedule."""
@@ -91,7 +91,7 @@ def _staircase(starts: list[int], group_starts: list[int], capacity: int
         for r in range(0, s, step):                    # earlier image blocks x caption group k
             yield r, min(r + step, s), lo, hi, False
 
-# %% ../nbs/05_metrics.ipynb 30
+# %% ../nbs/05_metrics.ipynb 34
 _MASK_ELEMENTS = 1 << 20  # floats in the comparison mask (4 MB): a chunk of rows stays in cache
 
 def _count_above(scores: torch.Tensor, best: torch.Tensor, own: torch.Tensor, i2t: torch.Tensor,
@@ -106,7 +106,7 @@ def _count_above(scores: torch.Tensor, best: torch.Tensor, own: torch.Tensor, i2
         t2i += (ones[:len(part)] @ above_own).long()
         i2t[r:r + rows] += part.gt_(best[r:r + rows, None]).sum(1, dtype=row_dtype).long()
 
-# %% ../nbs/05_metrics.ipynb 33
+# %% ../nbs/05_metrics.ipynb 37
 def _one_pass_ranks(image_emb: torch.Tensor, sorted_text_emb: torch.Tensor, owner: torch.Tensor,
                     block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`(i2t, t2i)` ranks from one pass over the scores; captions sorted by image, t2i in that order."""
@@ -127,7 +127,7 @@ def _one_pass_ranks(image_emb: torch.Tensor, sorted_text_emb: torch.Tensor, owne
         _count_above(scores, best[r0:r1], own[c0:c1], i2t[r0:r1], t2i[c0:c1], mask)
     return i2t, t2i
 
-# %% ../nbs/05_metrics.ipynb 35
+# %% ../nbs/05_metrics.ipynb 39
 def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
                     block_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """0-based `(i2t ranks per image, t2i ranks per caption)` under cosine scores, in one blockwise pass."""
@@ -143,7 +143,7 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_ima
     t2i[order] = t2i_sorted
     return i2t, t2i
 
-# %% ../nbs/05_metrics.ipynb 43
+# %% ../nbs/05_metrics.ipynb 47
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
                       block_size: int = 1024, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """`i2t_R@k` and `t2i_R@k` (percent) for each `k` in `ks`, and `mR`, their mean; standard protocol."""
@@ -152,10 +152,10 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     out |= {f"t2i_{k}": v for k, v in recall_at_k(t2i, ks).items()}
     return out | {"mR": sum(out.values()) / len(out)}
 
-# %% ../nbs/05_metrics.ipynb 45
+# %% ../nbs/05_metrics.ipynb 49
 METRIC_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR"]
 
-# %% ../nbs/05_metrics.ipynb 67
+# %% ../nbs/05_metrics.ipynb 71
 def square_matrix_metrics_upstream(image_emb: torch.Tensor, text_emb: torch.Tensor, block_size: int = 1024,
                                    ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Upstream UrbanCross metrics: row `i` (an image copy) has only caption `i` as positive; not the standard protocol."""
@@ -164,7 +164,7 @@ def square_matrix_metrics_upstream(image_emb: torch.Tensor, text_emb: torch.Tens
                          f"and {len(text_emb)} captions (pass image_emb[text_to_image])")
     return retrieval_metrics(image_emb, text_emb, torch.arange(len(text_emb)), block_size, ks)
 
-# %% ../nbs/05_metrics.ipynb 79
+# %% ../nbs/05_metrics.ipynb 83
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     """One row per result dict: id columns first, then `METRIC_COLUMNS`, then other `i2t_`/`t2i_` columns."""
     if not rows:
