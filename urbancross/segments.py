@@ -45,7 +45,7 @@ __all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'RELEASE_SOURCE', 'SEGMENT_TABLE
 # %% ../nbs/03_segments.ipynb 4
 log = get_logger("urbancross.segments")
 
-# %% ../nbs/03_segments.ipynb 8
+# %% ../nbs/03_segments.ipynb 9
 @dataclass
 class Mask:
     """One segment: a bool H×W mask with its area, XYWH box and a backend quality score."""
@@ -54,6 +54,7 @@ class Mask:
     bbox: tuple[int, int, int, int]
     score: float
 
+# %% ../nbs/03_segments.ipynb 10
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """XYWH box of the True pixels (width/height count pixels); (0, 0, 0, 0) for an empty mask."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -61,17 +62,19 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
         return (0, 0, 0, 0)
     return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
 
+# %% ../nbs/03_segments.ipynb 13
 def make_mask(mask: np.ndarray, score: float = 1.0) -> Mask:
     """A `Mask` record from a boolean array (area and box computed)."""
     mask = np.asarray(mask, dtype=bool)
     return Mask(mask, int(mask.sum()), mask_bbox(mask), float(score))
 
+# %% ../nbs/03_segments.ipynb 16
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boolean masks (0 when both are empty)."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
-# %% ../nbs/03_segments.ipynb 11
+# %% ../nbs/03_segments.ipynb 20
 class Segmenter(abc.ABC):
     """Interface of a mask backend: `segment(image) -> list[Mask]`, `signature() -> dict`."""
     name: str = ""
@@ -95,19 +98,21 @@ class Segmenter(abc.ABC):
         """A few words on the backend's settings, for the log line that names it."""
         return ""
 
+# %% ../nbs/03_segments.ipynb 22
 SEGMENTERS = Registry("segmenter")
 
 def build_segmenter(name: str, *args, **kwargs) -> Segmenter:
     """Construct the registered backend `name` with its constructor's own arguments."""
     return SEGMENTERS.get(name)(*args, **kwargs)
 
+# %% ../nbs/03_segments.ipynb 25
 def _check_image(image: np.ndarray) -> np.ndarray:
     """Validate an H×W×3 uint8 image array."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"segmenters take H×W×3 uint8 RGB arrays, got shape {image.shape} dtype {image.dtype}")
     return image
 
-# %% ../nbs/03_segments.ipynb 13
+# %% ../nbs/03_segments.ipynb 29
 @dataclass
 class SuperpixelParams:
     """Parameters of the scikit-image region backend."""
@@ -119,6 +124,7 @@ class SuperpixelParams:
     compactness: float = 10.0      # slic: colour vs space trade-off
     max_masks: int = 50            # largest regions turned into masks
 
+# %% ../nbs/03_segments.ipynb 32
 @SEGMENTERS.register("superpixel")
 class SuperpixelSegmenter(Segmenter):
     """Felzenszwalb / SLIC regions of scikit-image as masks."""
@@ -162,7 +168,7 @@ class SuperpixelSegmenter(Segmenter):
     def signature(self) -> dict:
         return {"backend": self.name, **dataclasses.asdict(self.params)}
 
-# %% ../nbs/03_segments.ipynb 17
+# %% ../nbs/03_segments.ipynb 36
 @dataclass
 class SamParams:
     """SAM model type + `SamAutomaticMaskGenerator` settings (segment-anything's defaults)."""
@@ -184,7 +190,7 @@ class SamParams:
         """Keyword arguments for `SamAutomaticMaskGenerator`."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_type", "device")}
 
-# %% ../nbs/03_segments.ipynb 19
+# %% ../nbs/03_segments.ipynb 40
 def build_tiny_sam(img_size: int = 64, patch_size: int = 8, embed_dim: int = 32, depth: int = 2,
                    num_heads: int = 2, prompt_dim: int = 32, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised, tiny segment-anything `Sam` (for tests; no weights are downloaded)."""
@@ -205,6 +211,7 @@ def build_tiny_sam(img_size: int = 64, patch_size: int = 8, embed_dim: int = 32,
             pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
     return sam.eval()
 
+# %% ../nbs/03_segments.ipynb 43
 def build_sam_model(model_type: str) -> torch.nn.Module:
     """An untrained SAM: `sam_model_registry[model_type](checkpoint=None)`, or `build_tiny_sam()` for 'tiny'."""
     from segment_anything import sam_model_registry
@@ -214,6 +221,7 @@ def build_sam_model(model_type: str) -> torch.nn.Module:
         raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(sam_model_registry)} or 'tiny'")
     return sam_model_registry[model_type](checkpoint=None)
 
+# %% ../nbs/03_segments.ipynb 46
 def load_sam_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> int:
     """Load a SAM state dict with `weights_only=True` (via `safe_torch_load`); returns the tensor count."""
     state = safe_torch_load(checkpoint)
@@ -230,7 +238,7 @@ def load_sam_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> int:
         raise ValueError(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}; is SamParams.model_type right?")
     return len(state)
 
-# %% ../nbs/03_segments.ipynb 21
+# %% ../nbs/03_segments.ipynb 50
 def checkpoint_fingerprint(path: str | Path, chunk: int = 4 << 20) -> str:
     """sha256 of a file's size + first and last `chunk` bytes (a cheap content id for large checkpoints)."""
     path = Path(path); size = path.stat().st_size
@@ -241,6 +249,7 @@ def checkpoint_fingerprint(path: str | Path, chunk: int = 4 << 20) -> str:
             f.seek(max(chunk, size - chunk)); h.update(f.read(chunk))
     return h.hexdigest()
 
+# %% ../nbs/03_segments.ipynb 53
 def state_dict_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over a model's state dict (names, shapes, bytes)."""
     h = hashlib.sha256()
@@ -249,11 +258,12 @@ def state_dict_fingerprint(model: torch.nn.Module) -> str:
         h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 23
+# %% ../nbs/03_segments.ipynb 57
 def _checkpoint_places(path: str | Path, root: str | Path | None = None) -> list[Path]:
     """Where a checkpoint is looked for: itself if absolute, else under the working directory, then `root`."""
     return local_places(path, root)
 
+# %% ../nbs/03_segments.ipynb 60
 def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path:
     """The checkpoint file `path`: as given if absolute, else under the working directory, then the project root."""
     places = _checkpoint_places(path, root)
@@ -264,7 +274,7 @@ def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path
                             f"download sam_vit_h_4b8939.pth (segment-anything, see data/README.md) or use the "
                             f"'superpixel' segmenter")
 
-# %% ../nbs/03_segments.ipynb 25
+# %% ../nbs/03_segments.ipynb 62
 @SEGMENTERS.register("sam")
 class SamSegmenter(Segmenter):
     """Segment anything's `SamAutomaticMaskGenerator` behind the `Segmenter` interface."""
@@ -318,7 +328,7 @@ class SamSegmenter(Segmenter):
         p = {k: v for k, v in dataclasses.asdict(self.params).items() if k != "device"}
         return {"backend": self.name, "weights": self.weights_id, **p}
 
-# %% ../nbs/03_segments.ipynb 29
+# %% ../nbs/03_segments.ipynb 66
 def _auto_segmenter(checkpoint: str | Path | None) -> tuple[str, str | Path | None, str]:
     """The 'auto' policy: ('sam', the checkpoint file, why) if it is found, else ('superpixel', checkpoint, why)."""
     if not checkpoint:
@@ -330,6 +340,7 @@ def _auto_segmenter(checkpoint: str | Path | None) -> tuple[str, str | Path | No
     where = f" (looked for {' and '.join(map(str, places))})" if len(places) > 1 else ""
     return "superpixel", checkpoint, f"SAM checkpoint {checkpoint} does not exist{where}"
 
+# %% ../nbs/03_segments.ipynb 69
 def make_segmenter(kind: str = "auto", checkpoint: str | Path | None = None, sam: SamParams | None = None,
                    superpixel: SuperpixelParams | None = None, **options) -> Segmenter:
     """The backend `kind` of `SEGMENTERS`, or 'auto': `sam` if `checkpoint` is found, else `superpixel`; logs which and why."""
@@ -340,17 +351,18 @@ def make_segmenter(kind: str = "auto", checkpoint: str | Path | None = None, sam
     log.info(f"segmenter: {kind}" + (f" ({seg.summary()})" if seg.summary() else "") + f" - {why}")
     return seg
 
-# %% ../nbs/03_segments.ipynb 34
+# %% ../nbs/03_segments.ipynb 74
 def sam_params(cfg: Config) -> SamParams:
     """`SamParams` of a run: model type, device, points per side and the two thresholds of `cfg`."""
     return SamParams(model_type=cfg.sam_model_type, device=cfg.device, points_per_side=cfg.sam_points_per_side,
                      pred_iou_thresh=cfg.sam_pred_iou_thresh, stability_score_thresh=cfg.sam_stability_score_thresh)
 
+# %% ../nbs/03_segments.ipynb 77
 def segmenter_from_config(cfg: Config) -> Segmenter:
     """The segmenter a run's `Config` asks for: `cfg.segmenter` with its SAM checkpoint and settings."""
     return make_segmenter(cfg.segmenter, cfg.sam_checkpoint or None, sam=sam_params(cfg))
 
-# %% ../nbs/03_segments.ipynb 38
+# %% ../nbs/03_segments.ipynb 81
 @dataclass
 class SegmentConfig:
     """How masks become stored segments: selection, crop and padding settings."""
@@ -370,12 +382,12 @@ class SegmentConfig:
         if self.num_stored < 1 or self.crop_size < 1:
             raise ValueError(f"SegmentConfig needs num_stored >= 1 and crop_size >= 1, got {self.num_stored}, {self.crop_size}")
 
-# %% ../nbs/03_segments.ipynb 40
+# %% ../nbs/03_segments.ipynb 85
 def segment_config(cfg: Config, **knobs) -> SegmentConfig:
     """`SegmentConfig` of a run: `num_stored` = `cfg.num_seg_stored`, `crop_size` = `cfg.segment_size`; `knobs` set the rest."""
     return SegmentConfig(num_stored=cfg.num_seg_stored, crop_size=cfg.segment_size, **knobs)
 
-# %% ../nbs/03_segments.ipynb 42
+# %% ../nbs/03_segments.ipynb 87
 def select_masks(masks: Sequence[Mask], image_hw: tuple[int, int], cfg: SegmentConfig) -> list[Mask]:
     """Up to `cfg.num_stored` masks: size-filtered, largest first, near-duplicates dropped. Never uses text."""
     total = image_hw[0] * image_hw[1]
@@ -389,16 +401,18 @@ def select_masks(masks: Sequence[Mask], image_hw: tuple[int, int], cfg: SegmentC
                 break
     return kept
 
-# %% ../nbs/03_segments.ipynb 46
+# %% ../nbs/03_segments.ipynb 91
 def fill_colour(image: np.ndarray, fill: str) -> np.ndarray:
     """The uint8 RGB colour for pixels outside a mask."""
     if fill == "mean":
         return image.reshape(-1, 3).mean(0).round().astype(np.uint8)
     return np.full(3, 255 if fill == "white" else 0, np.uint8)
 
+# %% ../nbs/03_segments.ipynb 94
 def _resize(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
 
+# %% ../nbs/03_segments.ipynb 97
 def mask_crop(image: np.ndarray, m: Mask, size: int, fill: np.ndarray) -> np.ndarray:
     """S×S uint8 crop of the mask's box: outside-mask pixels filled, padded square, resized."""
     x, y, w, h = m.bbox
@@ -410,7 +424,7 @@ def mask_crop(image: np.ndarray, m: Mask, size: int, fill: np.ndarray) -> np.nda
     square[oy:oy + h, ox:ox + w] = patch
     return _resize(square, size)
 
-# %% ../nbs/03_segments.ipynb 48
+# %% ../nbs/03_segments.ipynb 100
 @dataclass
 class Segments:
     """The stored segments of one image: k slots of crops with per-slot validity and mask statistics."""
@@ -430,6 +444,7 @@ class Segments:
             valid = np.concatenate([valid, np.zeros(extra, bool)])
         return crops, valid
 
+# %% ../nbs/03_segments.ipynb 103
 def segments_from_masks(image: np.ndarray, masks: Sequence[Mask], cfg: SegmentConfig) -> Segments:
     """Select masks (no captions involved), crop them, and pad to `cfg.num_stored` slots."""
     k, S = cfg.num_stored, cfg.crop_size
@@ -446,35 +461,40 @@ def segments_from_masks(image: np.ndarray, masks: Sequence[Mask], cfg: SegmentCo
         boxes[i], areas[i], scores[i] = m.bbox, m.area, m.score
     return Segments(crops, valid, boxes, areas, scores, len(masks))
 
+# %% ../nbs/03_segments.ipynb 106
 def segment_image(image: np.ndarray, segmenter: Segmenter, cfg: SegmentConfig) -> Segments:
     """Run `segmenter` on one image and turn its masks into stored segments."""
     return segments_from_masks(image, segmenter.segment(_check_image(image)), cfg)
 
-# %% ../nbs/03_segments.ipynb 52
+# %% ../nbs/03_segments.ipynb 110
 CACHE_FORMAT = 1
 _ENTRY_KEYS = ("crops", "valid", "boxes", "areas", "scores", "n_masks", "image_hash", "config_hash", "checksum", "format")
 
+# %% ../nbs/03_segments.ipynb 112
 class CorruptSegmentCache(ValueError):
     """A segment cache entry that cannot be trusted (truncated, altered, or for another image/config)."""
 
+# %% ../nbs/03_segments.ipynb 114
 def image_digest(image: np.ndarray) -> str:
     """sha256 of an RGB uint8 array's pixels with its size (same scheme as `embedded.pixel_sha256`)."""
     h, w = image.shape[:2]
     return hashlib.sha256(f"{w}x{h}:RGB:".encode() + np.ascontiguousarray(image, np.uint8).tobytes()).hexdigest()
 
+# %% ../nbs/03_segments.ipynb 117
 def config_digest(signature: dict, cfg: SegmentConfig) -> str:
     """sha256 of the segmenter signature + segment settings + cache format."""
     blob = json.dumps({"segmenter": signature, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
+# %% ../nbs/03_segments.ipynb 120
 def _arrays_checksum(s: Segments) -> str:
     h = hashlib.sha256()
     for a in (s.crops, s.valid, s.boxes, s.areas, s.scores):
         h.update(f"{a.dtype}{a.shape}".encode()); h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 54
+# %% ../nbs/03_segments.ipynb 123
 def save_segments_file(path: str | Path, seg: Segments, image_hash: str, config_hash: str) -> Path:
     """Write one cache entry atomically (compressed `.npz` with hashes and a checksum)."""
     with atomic_write(path, "wb") as f:
@@ -484,6 +504,7 @@ def save_segments_file(path: str | Path, seg: Segments, image_hash: str, config_
                             format=np.int64(CACHE_FORMAT))
     return Path(path)
 
+# %% ../nbs/03_segments.ipynb 126
 def load_segments_file(path: str | Path, image_hash: str | None = None, config_hash: str | None = None) -> Segments:
     """Read and verify one cache entry; raise `CorruptSegmentCache` naming the file if anything is off."""
     path = Path(path)
@@ -508,7 +529,7 @@ def load_segments_file(path: str | Path, image_hash: str | None = None, config_h
         raise CorruptSegmentCache(f"segment cache entry {path}: {'; '.join(problems)}")
     return seg
 
-# %% ../nbs/03_segments.ipynb 55
+# %% ../nbs/03_segments.ipynb 129
 class SegmentCache:
     """Disk cache of `Segments`: `<root>/<config hash[:16]>/<image hash>.npz`, one file per image."""
     def __init__(self, root: str | Path | None = None):
@@ -536,7 +557,7 @@ class SegmentCache:
     def save(self, image_hash: str, config_hash: str, seg: Segments) -> Path:
         return save_segments_file(self.path(image_hash, config_hash), seg, image_hash, config_hash)
 
-# %% ../nbs/03_segments.ipynb 59
+# %% ../nbs/03_segments.ipynb 133
 _SEGMENT_FILE = re.compile(r"^(?P<stem>.+)_(?P<idx>\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
 
 class UpstreamSegmentZip:
@@ -632,7 +653,7 @@ class UpstreamSegmentZip:
     def __exit__(self, *exc) -> None:
         self.close()
 
-# %% ../nbs/03_segments.ipynb 61
+# %% ../nbs/03_segments.ipynb 135
 def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], size: int = 32) -> Path:
     """Write a small `image_segments.zip` in the upstream layout; segment i of a stem is grey level 10*i+5."""
     path = Path(path)
@@ -647,14 +668,16 @@ def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], siz
         z.writestr("__MACOSX/image_segments/._x_0.jpg", b"junk")
     return path
 
-# %% ../nbs/03_segments.ipynb 68
+# %% ../nbs/03_segments.ipynb 142
 RELEASE_SOURCE = "release"          # `segment_source` of segments read from a release zip
 SEGMENT_TABLE_COLUMNS = ["image_id", "image_hash", "segment_path", "n_valid", "n_masks", "segment_source"]
 
+# %% ../nbs/03_segments.ipynb 144
 def release_signature(path: str | Path) -> dict:
     """The cache signature of segments read from the release zip `path`: its content fingerprint."""
     return {"backend": "release-zip", "zip": checkpoint_fingerprint(path)}
 
+# %% ../nbs/03_segments.ipynb 147
 def release_segments(zf: UpstreamSegmentZip, stem: str, image: np.ndarray, cfg: SegmentConfig) -> Segments:
     """Stored `Segments` of image `stem` from a release zip: its first `cfg.num_stored` files at `cfg.crop_size`."""
     k = cfg.num_stored
@@ -664,6 +687,7 @@ def release_segments(zf: UpstreamSegmentZip, stem: str, image: np.ndarray, cfg: 
     return Segments(crops, valid, np.zeros((k, 4), np.int32), np.zeros(k, np.int64), np.zeros(k, np.float32),
                     zf.count(stem))
 
+# %% ../nbs/03_segments.ipynb 150
 def open_release(release: Mapping[str, str | Path] | None, cfg: SegmentConfig, cache: SegmentCache,
                  stack: ExitStack) -> dict[str, tuple[UpstreamSegmentZip, str]]:
     """{domain: (open zip, its config hash)} of `release`, each zip closed with `stack` and described in `cache`."""
@@ -677,6 +701,7 @@ def open_release(release: Mapping[str, str | Path] | None, cfg: SegmentConfig, c
         out[domain] = (zf, chash)
     return out
 
+# %% ../nbs/03_segments.ipynb 152
 def load_cached(cache: SegmentCache, image_hash: str, config_hash: str, on_corrupt: str = "recompute",
                 image_id: str = "") -> tuple[Segments | None, bool]:
     """(verified cache entry or None, corrupt?) of one image; a corrupt entry is logged and counts as absent."""
@@ -688,6 +713,7 @@ def load_cached(cache: SegmentCache, image_hash: str, config_hash: str, on_corru
         log.warning(f"{e} (image {image_id}); recomputing it")
         return None, True
 
+# %% ../nbs/03_segments.ipynb 155
 def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make: Callable[[], Segments],
                     on_corrupt: str = "recompute", image_id: str = "") -> tuple[Segments, bool, bool]:
     """(segments, hit?, corrupt?) of one image: the verified cache entry, else `make()` written to the cache."""
@@ -698,6 +724,7 @@ def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make
     cache.save(image_hash, config_hash, seg)
     return seg, False, corrupt
 
+# %% ../nbs/03_segments.ipynb 158
 _WORKER: tuple = ()      # (segmenter, SegmentConfig) of a worker process, set by `_init_segment_worker`
 
 def _init_segment_worker(segmenter: Segmenter, cfg: SegmentConfig) -> None:
@@ -705,12 +732,14 @@ def _init_segment_worker(segmenter: Segmenter, cfg: SegmentConfig) -> None:
     global _WORKER
     _WORKER = (segmenter, cfg)
 
+# %% ../nbs/03_segments.ipynb 160
 def _segment_path(path: str) -> tuple[str, Segments]:
     """(image hash, segments) of the image at `path`, in a worker process."""
     segmenter, cfg = _WORKER
     image = np.asarray(load_image(path))
     return image_digest(image), segment_image(image, segmenter, cfg)
 
+# %% ../nbs/03_segments.ipynb 163
 def segment_in_pool(paths: Sequence[str], segmenter: Segmenter, cfg: SegmentConfig, workers: int) -> Iterator[tuple[str, Segments]]:
     """(image hash, segments) of each image of `paths`, in order, computed by `workers` forked processes."""
     ctx = multiprocessing.get_context("fork")
@@ -718,13 +747,14 @@ def segment_in_pool(paths: Sequence[str], segmenter: Segmenter, cfg: SegmentConf
                              initargs=(segmenter, cfg)) as pool:
         yield from pool.map(_segment_path, paths, chunksize=max(1, len(paths) // (4 * workers)))
 
-# %% ../nbs/03_segments.ipynb 69
+# %% ../nbs/03_segments.ipynb 165
 def _table_row(image_id: str, ihash: str, path: Path, seg: Segments | None, num_seg: int, source: str) -> dict:
     """One row of the segment table (`n_valid`, `n_masks` None until `seg` is known)."""
     known = seg is not None
     return dict(image_id=image_id, image_hash=ihash, segment_path=str(path), n_valid=int(seg.valid[:num_seg].sum()) if known else None,
                 n_masks=seg.n_masks if known else None, segment_source=source)
 
+# %% ../nbs/03_segments.ipynb 168
 def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
                      cfg: SegmentConfig | None = None, on_corrupt: str = "recompute",
                      release: Mapping[str, str | Path] | None = None, workers: int = 1) -> tuple[pd.DataFrame, dict]:
@@ -788,16 +818,18 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
              f"({n['corrupt']} corrupt recomputed) in {stats['seconds']:.2f} s")
     return pd.DataFrame(rows, columns=SEGMENT_TABLE_COLUMNS), stats
 
+# %% ../nbs/03_segments.ipynb 170
 def read_segments(path: str | Path, num_seg: int = 10, image_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(crops [num_seg, S, S, 3] uint8, valid [num_seg] bool) of one verified cache entry (of `image_hash`, if given)."""
     return load_segments_file(path, image_hash).take(num_seg)
 
+# %% ../nbs/03_segments.ipynb 173
 def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Stack the entries of a `segment_manifest` table: crops [N, num_seg, S, S, 3], valid [N, num_seg]."""
     pairs = [read_segments(p, num_seg) for p in table.segment_path]
     return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
 
-# %% ../nbs/03_segments.ipynb 87
+# %% ../nbs/03_segments.ipynb 193
 class SegmentStore(Mapping):
     """Read-only `{image_id: (crops [num_seg, S, S, 3] uint8, valid [num_seg] bool)}` read from the cache on access."""
     def __init__(self, table: pd.DataFrame, num_seg: int = 10):
