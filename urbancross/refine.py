@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach a model hub 
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 log = get_logger("urbancross.refine")
 
-# %% ../nbs/04_refine.ipynb 7
+# %% ../nbs/04_refine.ipynb 9
 PROMPTS: dict[str, str] = {
     "describe_v1": ("Please give a comprehensive and detailed description of the satellite image "
                     "and its geographical tags: {tags}."),
@@ -46,10 +46,12 @@ PROMPTS: dict[str, str] = {
                   "one fluent paragraph."),
 }
 
+# %% ../nbs/04_refine.ipynb 12
 def format_tags(tags: str) -> str:
     """A geo-tag string as it goes into a prompt: whitespace collapsed, no trailing full stop."""
     return " ".join(str(tags).split()).rstrip(" .")
 
+# %% ../nbs/04_refine.ipynb 15
 def render_prompt(prompt_id: str, tags: str, caption: str | None = None) -> str:
     """The prompt `prompt_id` filled with an image's tags (and, for refinement, its raw caption)."""
     if prompt_id not in PROMPTS:
@@ -59,7 +61,7 @@ def render_prompt(prompt_id: str, tags: str, caption: str | None = None) -> str:
         raise ValueError(f"prompt {prompt_id!r} refines a caption: pass the raw caption")
     return template.format(tags=format_tags(tags) or "none", caption=" ".join(str(caption or "").split()))
 
-# %% ../nbs/04_refine.ipynb 10
+# %% ../nbs/04_refine.ipynb 19
 def parse_tags(tags: str) -> Counter:
     """Multiset of `(key, value)` pairs in an OSM-style tag string."""
     out: Counter = Counter()
@@ -69,7 +71,7 @@ def parse_tags(tags: str) -> Counter:
             out[(m.group(1).lower(), m.group(2).strip().lower())] += 1
     return out
 
-# %% ../nbs/04_refine.ipynb 13
+# %% ../nbs/04_refine.ipynb 22
 _LABEL = re.compile(r"^\s*(?:answer|description|caption|output)\s*:\s*", re.I)
 
 def strip_prompt_echo(text: str, prompt: str | None = None) -> str:
@@ -78,18 +80,21 @@ def strip_prompt_echo(text: str, prompt: str | None = None) -> str:
         text = re.sub(r"\s+".join(re.escape(w) for w in prompt.split()), " ", text, flags=re.I)
     return _LABEL.sub("", text.strip())
 
+# %% ../nbs/04_refine.ipynb 25
 def collapse_whitespace(text: str) -> str:
     """One space between words, none before punctuation, no punctuation before the first word."""
     return re.sub(r"^[.,;:!?\s]+", "", re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split())))
 
-# %% ../nbs/04_refine.ipynb 15
+# %% ../nbs/04_refine.ipynb 28
 def _norm(token: str) -> str:
     return token.lower().strip(".,;:!?\"'()")
 
+# %% ../nbs/04_refine.ipynb 31
 def split_sentences(text: str) -> list[str]:
     """Sentences of `text`, split after `.`, `!` or `?` followed by whitespace."""
     return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
+# %% ../nbs/04_refine.ipynb 34
 def _collapse_ngrams(sentence: str, max_n: int) -> str:
     toks, i = sentence.split(), 0
     while i < len(toks):
@@ -104,10 +109,12 @@ def _collapse_ngrams(sentence: str, max_n: int) -> str:
             i += 1
     return " ".join(toks)
 
+# %% ../nbs/04_refine.ipynb 37
 def remove_repeated_ngrams(text: str, max_n: int = 6) -> str:
     """Within each sentence, collapse a phrase of 1..`max_n` words that is immediately repeated into one copy."""
     return " ".join(_collapse_ngrams(s, max_n) for s in split_sentences(text))
 
+# %% ../nbs/04_refine.ipynb 40
 def remove_repeated_sentences(text: str) -> str:
     """Drop sentences equal (ignoring case and punctuation) to an earlier one."""
     seen, out = set(), []
@@ -117,13 +124,14 @@ def remove_repeated_sentences(text: str) -> str:
             seen.add(k); out.append(s)
     return " ".join(out)
 
-# %% ../nbs/04_refine.ipynb 18
+# %% ../nbs/04_refine.ipynb 44
 NUMBER_WORDS: dict[str, int] = {
     "no": 0, "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
     "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20,
     "hundreds of": 100, "thousands of": 1000, "millions of": 1_000_000}
 
+# %% ../nbs/04_refine.ipynb 47
 TAGGED_NOUNS: dict[str, tuple[str, str]] = {       # noun -> (key, value) of the tag that shows it; '*' = any value
     "swimming pool": ("leisure", "swimming_pool"), "pool": ("leisure", "swimming_pool"),
     "sports field": ("leisure", "pitch"), "football field": ("leisure", "pitch"), "pitch": ("leisure", "pitch"),
@@ -135,6 +143,7 @@ TAGGED_NOUNS: dict[str, tuple[str, str]] = {       # noun -> (key, value) of the
     "road": ("highway", "*"), "street": ("highway", "*"),
 }
 
+# %% ../nbs/04_refine.ipynb 50
 _NUM = r"\d+(?:,\d{3})*|" + "|".join(sorted(NUMBER_WORDS, key=len, reverse=True))
 _NOUN = "|".join(re.escape(n) for n in sorted(TAGGED_NOUNS, key=len, reverse=True))
 _UNITS = (r"(?:m|cm|km|ft|mi|ha|sq|meters?|metres?|kilometers?|kilometres?|feet|miles?|percent|%|degrees?|"
@@ -142,13 +151,16 @@ _UNITS = (r"(?:m|cm|km|ft|mi|ha|sq|meters?|metres?|kilometers?|kilometres?|feet|
 _COUNT_RE = re.compile(rf"\b(?P<num>{_NUM})\s+(?!{_UNITS})(?:[a-z-]+\s+){{0,2}}?(?P<noun>{_NOUN})(?:s|es)?\b", re.I)
 _LARGE_RE = re.compile(rf"\b(?P<num>\d+(?:,\d{{3}})*|hundreds of|thousands of|millions of)\s*(?!{_UNITS})(?P<word>[a-z]+)", re.I)
 
+# %% ../nbs/04_refine.ipynb 53
 def _value(num: str) -> int:
     num = num.lower()
     return NUMBER_WORDS[num] if num in NUMBER_WORDS else int(num.replace(",", ""))
 
+# %% ../nbs/04_refine.ipynb 56
 def _has_tag(tags: Counter, key: str, value: str) -> bool:
     return any(k == key and (value == "*" or v == value) for k, v in tags)
 
+# %% ../nbs/04_refine.ipynb 59
 def count_problems(sentence: str, tags: Counter | None = None, max_count: int = 20) -> list[str]:
     """Count phrases in `sentence` that the tags contradict or that are too large to be supported."""
     problems = []
@@ -165,7 +177,7 @@ def count_problems(sentence: str, tags: Counter | None = None, max_count: int = 
             problems.append(f"'{m.group(0)}' (tags have {tag})")
     return problems
 
-# %% ../nbs/04_refine.ipynb 21
+# %% ../nbs/04_refine.ipynb 63
 def truncate_words(text: str, max_words: int) -> str:
     """`text` cut to at most `max_words` words, at a sentence end when one fits."""
     if len(text.split()) <= max_words:
@@ -177,6 +189,7 @@ def truncate_words(text: str, max_words: int) -> str:
         kept.append(s); n += len(s.split())
     return " ".join(kept) if kept else " ".join(text.split()[:max_words]).rstrip(".,;:!?") + "."
 
+# %% ../nbs/04_refine.ipynb 66
 class CleanedCaption(NamedTuple):
     """Cleaned caption text ('' when rejected) and the reasons for every change."""
     text: str
@@ -186,6 +199,7 @@ class CleanedCaption(NamedTuple):
     def ok(self) -> bool:
         return bool(self.text)
 
+# %% ../nbs/04_refine.ipynb 69
 def clean_caption(text: str, prompt: str | None = None, tags: str | None = None, min_words: int = 4,
                   max_words: int = 60, max_count: int = 20) -> CleanedCaption:
     """Apply the cleaning rules in order; see the list above."""
@@ -210,9 +224,10 @@ def clean_caption(text: str, prompt: str | None = None, tags: str | None = None,
         reasons.append(f"too_short: {len(out.split())} < {min_words} words"); out = ""
     return CleanedCaption(out, reasons)
 
-# %% ../nbs/04_refine.ipynb 24
+# %% ../nbs/04_refine.ipynb 73
 STAGES = ("describe", "refine")
 
+# %% ../nbs/04_refine.ipynb 75
 @dataclass
 class CaptionItem:
     """One image to caption: where it is, its geo-tags, and the captions shipped with it."""
@@ -222,11 +237,13 @@ class CaptionItem:
     captions: list = field(default_factory=list)
     domain: str = ""
 
+# %% ../nbs/04_refine.ipynb 78
 def items_from_manifest(df: pd.DataFrame) -> list[CaptionItem]:
     """Caption work items for the rows of a manifest."""
     return [CaptionItem(r.image_id, str(r.image_path), "" if pd.isna(r.tags) else str(r.tags), list(r.captions), str(r.domain))
             for r in df.itertuples(index=False)]
 
+# %% ../nbs/04_refine.ipynb 81
 class Captioner:
     """Interface of captioning backends: `run(stage, items, requests)` gives texts per item."""
     backend: str = "base"
@@ -252,9 +269,10 @@ class Captioner:
         """Build the backend from `make_captioner`'s arguments; by default its constructor with them."""
         return cls(model, **kwargs) if model else cls(**kwargs)
 
+# %% ../nbs/04_refine.ipynb 84
 CAPTIONERS = Registry("captioner")
 
-# %% ../nbs/04_refine.ipynb 26
+# %% ../nbs/04_refine.ipynb 87
 @CAPTIONERS.register("embedded")
 class EmbeddedCaptioner(Captioner):
     """No LMM: raw text = the geo-tag string, refined captions = the captions shipped with the data."""
@@ -281,11 +299,12 @@ class EmbeddedCaptioner(Captioner):
             raise ValueError(f"embedded captioner: image(s) {missing[:3]} have no shipped captions to return")
         return [list(it.captions) for it in items]
 
-# %% ../nbs/04_refine.ipynb 28
+# %% ../nbs/04_refine.ipynb 91
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_GENERATION = dict(max_new_tokens=128, num_beams=5, do_sample=False, repetition_penalty=1.5,
                           length_penalty=1.0, num_return_sequences=1)
 
+# %% ../nbs/04_refine.ipynb 94
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The torch dtype for 'fp32' | 'fp16' | 'bf16' | 'auto' (bf16 on a GPU that has it, else fp32) on `device`."""
     if dtype == "auto":
@@ -297,6 +316,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return torch.float32
     return DTYPES[dtype]
 
+# %% ../nbs/04_refine.ipynb 97
 def load_instructblip(model: str | Path, device: str = "auto", dtype: str = "auto",
                       local_files_only: bool | None = None) -> tuple:
     """(model, processor) of InstructBLIP from a hub id or a local folder."""
@@ -317,7 +337,7 @@ def load_instructblip(model: str | Path, device: str = "auto", dtype: str = "aut
              f"{type(net.language_model).__name__}, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters")
     return net.to(dev).eval(), processor
 
-# %% ../nbs/04_refine.ipynb 29
+# %% ../nbs/04_refine.ipynb 99
 @CAPTIONERS.register("instructblip")
 class InstructBlipCaptioner(Captioner):
     """Captions from an InstructBLIP model (transformers): batched, cached by the caller."""
@@ -373,7 +393,7 @@ class InstructBlipCaptioner(Captioner):
     def run(self, stage: str, items: Sequence[CaptionItem], requests: Sequence[str]) -> list[list[str]]:
         return self.generate([load_image(it.image_path) for it in items], requests)
 
-# %% ../nbs/04_refine.ipynb 31
+# %% ../nbs/04_refine.ipynb 101
 _TINY_VOCAB_TEXT = (
     "a an the of and with in on at by to from its is are there this that it image satellite aerial view top-down "
     "area region scene tile neighbourhood town city village centre edge corner north south east west northern "
@@ -397,6 +417,7 @@ def tiny_tokenizer(extra_text: Iterable[str] = ()) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
                                    eos_token="[EOS]")
 
+# %% ../nbs/04_refine.ipynb 104
 def tiny_instructblip(folder: str | Path, lm: str = "opt", seed: int = 0, image_size: int = 32,
                       num_query_tokens: int = 4, hidden: int = 32, init_std: float = 0.2) -> Path:
     """Save a randomly initialised tiny InstructBLIP (`lm`: 'opt' or 't5') and its processor in `folder`."""
@@ -432,7 +453,7 @@ def tiny_instructblip(folder: str | Path, lm: str = "opt", seed: int = 0, image_
     processor.save_pretrained(folder)
     return folder
 
-# %% ../nbs/04_refine.ipynb 33
+# %% ../nbs/04_refine.ipynb 107
 def make_captioner(kind: str = "auto", model: str | Path | None = None, **kwargs) -> Captioner:
     """The backend `kind` of `CAPTIONERS`, or 'auto': InstructBLIP if `model` loads, else embedded."""
     if kind != "auto" and kind not in CAPTIONERS:
@@ -448,22 +469,26 @@ def make_captioner(kind: str = "auto", model: str | Path | None = None, **kwargs
         log.warning(f"make_captioner: {e}; falling back to the embedded backend (captions shipped with the data)")
         return CAPTIONERS["embedded"].create()
 
+# %% ../nbs/04_refine.ipynb 111
 def captioner_from_config(cfg: Config, **kwargs) -> Captioner:
     """The captioner of a run: InstructBLIP from `cfg.lmm_model` on `cfg.device` ('auto' policy), else embedded."""
     return make_captioner("auto", cfg.lmm_model or None, device=cfg.device, **kwargs)
 
-# %% ../nbs/04_refine.ipynb 38
+# %% ../nbs/04_refine.ipynb 115
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
+# %% ../nbs/04_refine.ipynb 118
 def cache_key(image_sha256: str, model_id: str, prompt_id: str, request: str, params: dict) -> str:
     """The cache key of one generation: image bytes, model, prompt id, request text and settings."""
     return _sha(json.dumps({"image": image_sha256, "model": model_id, "prompt_id": prompt_id,
                             "request": _sha(request), "params": params}, sort_keys=True, default=str))
 
+# %% ../nbs/04_refine.ipynb 121
 def _record_check(record: dict) -> str:
     return _sha(json.dumps({k: v for k, v in record.items() if k != "check"}, sort_keys=True, ensure_ascii=False))[:16]
 
+# %% ../nbs/04_refine.ipynb 124
 class CaptionCache:
     """Append-only JSONL cache of generated texts, tolerant of a truncated last line."""
     def __init__(self, path: str | Path):
@@ -535,7 +560,7 @@ class CaptionCache:
             os.close(fd)
         self._texts[key] = list(texts)
 
-# %% ../nbs/04_refine.ipynb 42
+# %% ../nbs/04_refine.ipynb 128
 def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas: list[str], requests: list[str],
                cache: CaptionCache | None, chunk_size: int) -> tuple[list[list[str]], int]:
     """Texts per item for `stage`, from the cache where possible; returns (texts, number generated)."""
@@ -553,12 +578,13 @@ def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas:
                           prompt_id=prompt_id, stage=stage, params=params)
     return out, len(todo)
 
-# %% ../nbs/04_refine.ipynb 43
+# %% ../nbs/04_refine.ipynb 131
 def _clean_all(captioner: Captioner, texts: list[str], prompt: str, tags: str, **rules) -> list[CleanedCaption]:
     if not captioner.is_lmm:                       # the dataset's own text is passed through as it is
         return [CleanedCaption(t.strip(), []) for t in texts]
     return [clean_caption(t, prompt=prompt, tags=tags, **rules) for t in texts]
 
+# %% ../nbs/04_refine.ipynb 134
 def refine_manifest(df: pd.DataFrame, captioner: Captioner, cache: CaptionCache | None = None, chunk_size: int = 16,
                     min_words: int = 4, max_words: int = 60, max_count: int = 20) -> tuple[pd.DataFrame, dict]:
     """Raw and refined captions for every image of `df` (cached); returns (table, stats)."""
@@ -596,13 +622,14 @@ def refine_manifest(df: pd.DataFrame, captioner: Captioner, cache: CaptionCache 
              f"{stats['without_caption']} without a caption, {stats['seconds']} s")
     return out, stats
 
-# %% ../nbs/04_refine.ipynb 52
+# %% ../nbs/04_refine.ipynb 143
 RELEASE_COLUMNS = ["image_name", "description"]
 
 def refine_csv_name(country: str) -> str:
     """The release's file name of a country's refined captions."""
     return f"instructblip_generation_{country.lower()}_refine.csv"
 
+# %% ../nbs/04_refine.ipynb 146
 def write_refine_csv(refined: pd.DataFrame, folder: str | Path, country: str) -> Path:
     """Write the refined captions of `country` (rows of `refined` with that domain) as the release CSV in `folder`."""
     rows = refined[refined["domain"].str.lower() == country.lower()]
@@ -615,6 +642,7 @@ def write_refine_csv(refined: pd.DataFrame, folder: str | Path, country: str) ->
     log.info(f"wrote {len(out)} captions of {len(rows)} images to {path}")
     return path
 
+# %% ../nbs/04_refine.ipynb 149
 def _known_images(images: str | Path | Iterable[str]) -> set[str]:
     if isinstance(images, (str, Path)):
         if not Path(images).is_dir():
@@ -622,6 +650,7 @@ def _known_images(images: str | Path | Iterable[str]) -> set[str]:
         return {p.name for p in Path(images).iterdir()}
     return set(images)
 
+# %% ../nbs/04_refine.ipynb 152
 def read_refine_csv(path: str | Path, images: str | Path | Iterable[str] | None = None) -> pd.DataFrame:
     """Read a refined-caption CSV, checking every row; `images` (folder or names) enables the unknown-image check."""
     path = Path(path)
@@ -659,30 +688,35 @@ def read_refine_csv(path: str | Path, images: str | Path | Iterable[str] | None 
         rows.append(r)
     return pd.DataFrame(rows, columns=header)
 
-# %% ../nbs/04_refine.ipynb 59
+# %% ../nbs/04_refine.ipynb 159
 def default_cache_path(model_id: str) -> Path:
     """`data/cache/captions/<model>.jsonl` of the compendium."""
     slug = re.sub(r"[^\w.-]+", "_", str(model_id)).strip("_")[-80:] or "model"
     return paths()["cache"] / "captions" / f"{slug}.jsonl"
 
+# %% ../nbs/04_refine.ipynb 162
 def has_geo_tags(df: pd.DataFrame) -> bool:
     """Whether every image of the manifest has a non-empty geo-tag string."""
     return "tags" in df.columns and len(df) > 0 and all(bool(format_tags(t)) for t in df.tags.fillna(""))
 
+# %% ../nbs/04_refine.ipynb 165
 def has_raw_captions(df: pd.DataFrame) -> bool:
     """Whether the manifest has a `raw_captions` column with a non-empty list of non-empty strings for every image."""
     return "raw_captions" in df.columns and len(df) > 0 and all(
         isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(s, str) and s.strip() for s in c) for c in df.raw_captions)
 
+# %% ../nbs/04_refine.ipynb 168
 def has_raw_text(df: pd.DataFrame) -> bool:
     """Whether the no-LMM variant exists: raw captions for every image, or geo-tags for every image."""
     return has_raw_captions(df) or has_geo_tags(df)
 
+# %% ../nbs/04_refine.ipynb 171
 def write_release_captions(refined: pd.DataFrame, cfg: Config) -> list[Path]:
     """The refined captions of every domain as release CSVs in `outputs/<profile>/captions/`."""
     folder = paths(profile=cfg.profile)["outputs"] / "captions"
     return [write_refine_csv(refined, folder, d) for d in sorted(set(refined.domain)) if refined[refined.domain == d].ok.any()]
 
+# %% ../nbs/04_refine.ipynb 173
 def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config | None = None,
                     refined: pd.DataFrame | None = None, cache_path: str | Path | None = None) -> pd.DataFrame:
     """The manifest with refined captions (`use_lmm=True`) or raw text (False: the `raw_captions` shipped with the data, else the geo-tag string)."""
