@@ -32,16 +32,17 @@ __all__ = ['log', 'GENERATOR_VERSION', 'RAW_CAPTIONS_FILE', 'generate_tile', 'ti
            'colour_thumbnails', 'nearest_centroid_accuracy', 'domain_colour_stats', 'caption_uniqueness',
            'plot_samples']
 
-# %% ../../nbs/16d_embedded_build.ipynb 5
+# %% ../../nbs/16d_embedded_build.ipynb 7
 log = get_logger("urbancross.embedded")
 
 GENERATOR_VERSION = "v2"   # bump when a change to the generator changes its output (v2: raw captions, split fractions)
 
-# %% ../../nbs/16d_embedded_build.ipynb 7
+# %% ../../nbs/16d_embedded_build.ipynb 9
 def _domain_key(domain: str) -> int:
     """A stable 32-bit integer for a domain name (independent of domain order)."""
     return int.from_bytes(hashlib.sha256(domain.encode()).digest()[:4], "big")
 
+# %% ../../nbs/16d_embedded_build.ipynb 12
 def generate_tile(domain: str, index: int, seed: int = 0, image_size: int = 128) -> tuple:
     """One tile of `domain`: (image, captions, tags, lat, lon, scene), deterministic in (domain, index, seed)."""
     style = DOMAINS[domain]
@@ -52,16 +53,17 @@ def generate_tile(domain: str, index: int, seed: int = 0, image_size: int = 128)
     lat, lon = round(float(rng.uniform(*style.lat)), 5), round(float(rng.uniform(*style.lon)), 5)
     return image, captions, scene_tags(scene), lat, lon, scene
 
-# %% ../../nbs/16d_embedded_build.ipynb 10
+# %% ../../nbs/16d_embedded_build.ipynb 16
 def tile_raw_captions(domain: str, index: int, seed: int = 0, scene: Scene | None = None) -> list[str]:
     """The raw captions of tile (domain, index, seed), from their own random stream; `scene` saves redrawing it."""
     if scene is None:
         scene = sample_scene(DOMAINS[domain], np.random.default_rng([seed, _domain_key(domain), index]))
     return terse_captions(scene, np.random.default_rng([seed, _domain_key(domain), index, 1]))
 
-# %% ../../nbs/16d_embedded_build.ipynb 13
+# %% ../../nbs/16d_embedded_build.ipynb 18
 _DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 
+# %% ../../nbs/16d_embedded_build.ipynb 20
 def _render_tiles(domain: str, indices: Sequence[int], seed: int, image_size: int, folder: str) -> list[dict]:
     """Render and save tiles `indices` of `domain` into `folder`; their manifest rows (without split)."""
     rows = []
@@ -74,6 +76,7 @@ def _render_tiles(domain: str, indices: Sequence[int], seed: int, image_size: in
                          tags=tags, raw_captions=tile_raw_captions(domain, i, seed, scene)))
     return rows
 
+# %% ../../nbs/16d_embedded_build.ipynb 24
 def generate_embedded(out_dir: str | Path, images_per_domain: int = 200, image_size: int = 128, seed: int = 0,
                       domains: tuple = ("finland", "germany", "spain"), fractions: tuple = (0.7, 0.1, 0.2),
                       workers: int = 1) -> pd.DataFrame:
@@ -102,18 +105,19 @@ def generate_embedded(out_dir: str | Path, images_per_domain: int = 200, image_s
     rows = [dict(r, split=splits[r["image_id"]]) for part in parts for r in part]
     return validate_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS + ["raw_captions"]), f"generate_embedded({out_dir})")
 
-# %% ../../nbs/16d_embedded_build.ipynb 18
+# %% ../../nbs/16d_embedded_build.ipynb 29
 def pixel_sha256(path: str | Path) -> str:
     """sha256 of an image's decoded RGB pixels (with its size), independent of the PNG encoder."""
     with Image.open(path) as im:
         rgb = im.convert("RGB")
         return hashlib.sha256(f"{rgb.width}x{rgb.height}:RGB:".encode() + rgb.tobytes()).hexdigest()
 
+# %% ../../nbs/16d_embedded_build.ipynb 32
 def _file_digest(path: Path) -> str:
     """Pixel checksum for PNG images, byte checksum for anything else."""
     return pixel_sha256(path) if path.suffix.lower() == ".png" else hashlib.sha256(path.read_bytes()).hexdigest()
 
-# %% ../../nbs/16d_embedded_build.ipynb 20
+# %% ../../nbs/16d_embedded_build.ipynb 35
 RAW_CAPTIONS_FILE = "raw_captions.json"
 
 def build_embedded(out_dir: str | Path, images_per_domain: int = 200, image_size: int = 128, seed: int = 0,
@@ -138,6 +142,7 @@ def build_embedded(out_dir: str | Path, images_per_domain: int = 200, image_size
         f.write("".join(f"{_file_digest(p)}  {p.resolve().relative_to(out_dir.resolve())}\n" for p in files))
     return manifest
 
+# %% ../../nbs/16d_embedded_build.ipynb 38
 def verify_embedded(dataset_dir: str | Path) -> None:
     """Check every file listed in `SHA256SUMS` (pixels for images); raise `ValueError` naming the first bad one."""
     dataset_dir = Path(dataset_dir)
@@ -165,7 +170,7 @@ def verify_embedded(dataset_dir: str | Path) -> None:
         if rel not in listed:
             raise ValueError(f"{p} is in the manifest but has no checksum in {sums}")
 
-# %% ../../nbs/16d_embedded_build.ipynb 24
+# %% ../../nbs/16d_embedded_build.ipynb 42
 def read_embedded(manifest_path: str | Path) -> pd.DataFrame:
     """`read_manifest(manifest_path)` with the `raw_captions` column from `raw_captions.json` next to it."""
     manifest_path = Path(manifest_path)
@@ -189,19 +194,21 @@ def read_embedded(manifest_path: str | Path) -> pd.DataFrame:
     df["raw_captions"] = [list(raw[i]) for i in df.image_id]
     return df
 
-# %% ../../nbs/16d_embedded_build.ipynb 27
+# %% ../../nbs/16d_embedded_build.ipynb 45
 def _split_suffix(fractions: tuple) -> str:
     """'' for the default 70/10/20 split, else '_split<train>-<val>-<test>' in percent ('_split40-10-50')."""
     if len(fractions) == len(_DEFAULT_SPLIT) and all(abs(a - b) < 1e-9 for a, b in zip(fractions, _DEFAULT_SPLIT)):
         return ""
     return "_split" + "-".join(f"{round(100 * x, 2):g}" for x in fractions)
 
+# %% ../../nbs/16d_embedded_build.ipynb 48
 def embedded_dir(images_per_domain: int = 200, image_size: int = 128, seed: int = 0,
                  fractions: tuple = (0.7, 0.1, 0.2)) -> Path:
     """The default folder of a generated dataset under the compendium's `data/embedded/`."""
     return project_root() / "data" / "embedded" / (f"{GENERATOR_VERSION}_n{images_per_domain}_s{image_size}_seed{seed}"
                                                    + _split_suffix(fractions))
 
+# %% ../../nbs/16d_embedded_build.ipynb 51
 def _verifies(folder: Path) -> bool:
     """True if `folder` holds a dataset that passes `verify_embedded` (logs why not)."""
     try:
@@ -211,6 +218,7 @@ def _verifies(folder: Path) -> bool:
         log.warning(f"embedded dataset at {folder} does not verify: {e}")
         return False
 
+# %% ../../nbs/16d_embedded_build.ipynb 54
 def ensure_embedded(root: str | Path | None = None, images_per_domain: int = 200, image_size: int = 128,
                     seed: int = 0, fractions: tuple = (0.7, 0.1, 0.2), workers: int = 1) -> Path:
     """Path of `manifest.csv` of the generated dataset at `root`, building it atomically (`workers` processes) if needed."""
@@ -242,7 +250,7 @@ def ensure_embedded(root: str | Path | None = None, images_per_domain: int = 200
         raise
     return root / "manifest.csv"
 
-# %% ../../nbs/16d_embedded_build.ipynb 32
+# %% ../../nbs/16d_embedded_build.ipynb 60
 def colour_thumbnails(df: pd.DataFrame, size: int = 8) -> np.ndarray:
     """`size` x `size` RGB thumbnails of the manifest's images, flattened, in [0, 1]."""
     out = []
@@ -251,6 +259,7 @@ def colour_thumbnails(df: pd.DataFrame, size: int = 8) -> np.ndarray:
             out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BOX), float).ravel() / 255)
     return np.stack(out)
 
+# %% ../../nbs/16d_embedded_build.ipynb 63
 def nearest_centroid_accuracy(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list) -> float:
     """Accuracy of a nearest-class-mean classifier fitted on (train_x, train_y), scored on (test_x, test_y)."""
     labels = sorted(set(train_y))
@@ -258,6 +267,7 @@ def nearest_centroid_accuracy(train_x: np.ndarray, train_y: list, test_x: np.nda
     pred = np.array(labels)[((test_x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)]
     return float((pred == np.array(test_y)).mean())
 
+# %% ../../nbs/16d_embedded_build.ipynb 66
 def domain_colour_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Mean R, G, B, brightness and colourfulness of each domain's images."""
     x = colour_thumbnails(df, 16).reshape(len(df), -1, 3)
@@ -265,7 +275,7 @@ def domain_colour_stats(df: pd.DataFrame) -> pd.DataFrame:
                           "brightness": x.mean((1, 2)), "saturation": (x.max(-1) - x.min(-1)).mean(1), "domain": df.domain.values})
     return stats.groupby("domain").mean().round(3)
 
-# %% ../../nbs/16d_embedded_build.ipynb 35
+# %% ../../nbs/16d_embedded_build.ipynb 70
 def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
     """Per domain: share of images with a unique caption set, and share of captions used by only one image."""
     rows = []
@@ -276,7 +286,7 @@ def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
                          unique_captions=np.mean([caps[c] == 1 for cs in g.captions for c in cs])))
     return pd.DataFrame(rows).set_index("domain").round(3)
 
-# %% ../../nbs/16d_embedded_build.ipynb 38
+# %% ../../nbs/16d_embedded_build.ipynb 73
 def plot_samples(manifest_df: pd.DataFrame, n_per_domain: int = 4, fontsize: float = 9, tile_inches: float = 2.4):
     """A grid of tiles, one row per domain (named on the left), each tile's first caption wrapped under it."""
     import matplotlib.pyplot as plt

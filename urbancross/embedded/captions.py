@@ -31,11 +31,12 @@ def count_phrase(n: int, singular: str, plural: str, rng: np.random.Generator) -
         return str(rng.choice([f"many {plural}", f"numerous {plural}"]))
     return str(rng.choice([f"dozens of {plural}", f"lots of densely packed {plural}"]))
 
+# %% ../../nbs/16c_embedded_captions.ipynb 11
 def _edge(pos: str) -> str:
     """'the northern edge' for 'north', 'the centre' for 'centre'."""
     return "the centre" if pos == "centre" else f"the {pos.replace('north', 'northern').replace('south', 'southern').replace('east', 'eastern').replace('west', 'western').replace('-', ' ')} edge" if "-" not in pos else f"the {pos} corner"
 
-# %% ../../nbs/16c_embedded_captions.ipynb 11
+# %% ../../nbs/16c_embedded_captions.ipynb 15
 _NOUNS = {"house": ("house", "houses"), "block": ("building", "buildings"), "warehouse": ("warehouse", "warehouses"),
           "farm": ("farm building", "farm buildings")}
 
@@ -49,6 +50,7 @@ _SCENE_NP = {
     "park": ["a park", "a green park", "a public park"],
 }
 
+# %% ../../nbs/16c_embedded_captions.ipynb 17
 def _facts(scene: Scene, rng: np.random.Generator) -> dict:
     """Noun phrases for each fact of the scene (absent facts are missing keys)."""
     f: dict = {"scene": str(rng.choice(_SCENE_NP[scene.scene_type])), "type": scene.scene_type}
@@ -143,18 +145,19 @@ def _facts(scene: Scene, rng: np.random.Generator) -> dict:
         f["surrounded"] = " and ".join(scene.surrounded_by)
     return f
 
-# %% ../../nbs/16c_embedded_captions.ipynb 14
+# %% ../../nbs/16c_embedded_captions.ipynb 20
 def _join(items: list) -> str:
     """'a', 'a and b', 'a, b and c'."""
     items = [i for i in items if i]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
+# %% ../../nbs/16c_embedded_captions.ipynb 23
 def _cap(s: str) -> str:
     """Capitalise the first letter and end with a full stop."""
     s = " ".join(s.split())
     return s[0].upper() + s[1:] + ("" if s.endswith(".") else ".")
 
-# %% ../../nbs/16c_embedded_captions.ipynb 16
+# %% ../../nbs/16c_embedded_captions.ipynb 26
 def _templates(f: dict, rng: np.random.Generator) -> list:
     """Candidate captions from the fact phrases, most complete first."""
     pick = lambda *keys: [f[k] for k in keys if k in f]
@@ -183,6 +186,7 @@ def _templates(f: dict, rng: np.random.Generator) -> list:
     ]
     return [o for o in out if o]
 
+# %% ../../nbs/16c_embedded_captions.ipynb 29
 def describe_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
     """`n` different captions of `scene`, at most 25 words each, most complete first."""
     caps: list[str] = []
@@ -199,7 +203,7 @@ def describe_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[s
         caps.append(_cap(f"view {k + 1} of {_SCENE_NP[scene.scene_type][k % 3]}"))
     return caps
 
-# %% ../../nbs/16c_embedded_captions.ipynb 19
+# %% ../../nbs/16c_embedded_captions.ipynb 33
 _TERSE_SCENE = {
     "residential": ["residential area", "suburb", "neighbourhood"],
     "city_centre": ["city centre", "dense town centre", "downtown"],
@@ -210,12 +214,14 @@ _TERSE_SCENE = {
     "park": ["park", "green park", "city park"],
 }
 
+# %% ../../nbs/16c_embedded_captions.ipynb 35
 _WHERE = re.compile(r"\s+(in the|along|running|crossing|covering)\b.*$")
 
 def _unplace(phrase: str) -> str:
     """A place fact without its position: 'a small lake in the north' -> 'a small lake'."""
     return _WHERE.sub("", phrase)
 
+# %% ../../nbs/16c_embedded_captions.ipynb 38
 def _terse_parts(scene: Scene, f: dict, rng: np.random.Generator) -> dict:
     """Short forms of the facts `f` of `scene`: area label, buildings, water, forest, fields, extras."""
     water_label = {"lake": "lakeside", "river": "riverside"}.get(scene.water.kind if scene.water else "", "waterfront")
@@ -246,7 +252,7 @@ def _terse_parts(scene: Scene, f: dict, rng: np.random.Generator) -> dict:
                    for x in extras]
     return p
 
-# %% ../../nbs/16c_embedded_captions.ipynb 22
+# %% ../../nbs/16c_embedded_captions.ipynb 41
 def _terse_templates(p: dict, rng: np.random.Generator) -> list[str]:
     """Candidate raw captions: each names one or two of the short facts `p`."""
     s, b, places, extras = p["scene"], p.get("buildings"), [p[k] for k in ("water", "forest", "fields") if k in p], p["extras"]
@@ -264,6 +270,7 @@ def _terse_templates(p: dict, rng: np.random.Generator) -> list[str]:
         out += [f"{p['water']} with a bridge" if "a bridge" in extras else None, f"{p['water']} and {p['forest']}" if "forest" in p else None]
     return [o for o in out if o]
 
+# %% ../../nbs/16c_embedded_captions.ipynb 44
 def terse_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
     """`n` short raw captions of `scene` (one or two facts each, at most 8 words), distinct where possible."""
     caps: list[str] = []
@@ -277,12 +284,13 @@ def terse_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[s
                 return caps
     return [caps[k % len(caps)] for k in range(n)]
 
-# %% ../../nbs/16c_embedded_captions.ipynb 28
+# %% ../../nbs/16c_embedded_captions.ipynb 51
 _BUILDING_TAG = {"house": "house", "block": "apartments", "warehouse": "industrial", "farm": "farm"}
 
 _LANDUSE_TAG = {"residential": "residential", "city_centre": "commercial", "industrial": "industrial", "farmland": "farmland",
                 "forest_edge": "forest", "waterfront": "residential", "park": "grass"}
 
+# %% ../../nbs/16c_embedded_captions.ipynb 53
 def scene_tags(scene: Scene) -> str:
     """OSM-style geo-tags: `key of value, ...` for the tile, then `; surrounded by ` and the surroundings' tags."""
     main, around = [], []

@@ -18,10 +18,12 @@ def _shade(rgb, k: float) -> tuple:
     """`rgb` scaled by `k`, clipped to 0..255."""
     return tuple(int(max(0, min(255, round(c * k)))) for c in rgb)
 
+# %% ../../nbs/16b_embedded_render.ipynb 9
 def _jitter(rng: np.random.Generator, rgb, amount: float = 10) -> tuple:
     """`rgb` with independent uniform noise of +-`amount` per channel."""
     return tuple(int(max(0, min(255, c + rng.uniform(-amount, amount)))) for c in rgb)
 
+# %% ../../nbs/16b_embedded_render.ipynb 12
 def _terrain(rng: np.random.Generator, rgb, size: int, amp: float = 14) -> Image.Image:
     """A `size` x `size` ground texture: `rgb` with smooth low-frequency variation and fine grain."""
     noise = rng.normal(0, 1, (6, 6, 1)) + rng.normal(0, .25, (6, 6, 3))   # mostly brightness, a little hue
@@ -30,7 +32,7 @@ def _terrain(rng: np.random.Generator, rgb, size: int, amp: float = 14) -> Image
     fine = rng.normal(0, amp / 3, (size, size, 1))
     return Image.fromarray((np.array(rgb, float) + low * amp / 40 + fine).clip(0, 255).astype(np.uint8))
 
-# %% ../../nbs/16b_embedded_render.ipynb 9
+# %% ../../nbs/16b_embedded_render.ipynb 16
 def _draw_parcel(draw: ImageDraw.ImageDraw, rng: np.random.Generator, p: Patch, style: DomainStyle, S: int) -> None:
     """A field with alternating plough stripes, or an orchard: bare soil with rows of small trees."""
     p0, p1, p2, p3 = (np.array(q) * S for q in p.points)
@@ -51,6 +53,7 @@ def _draw_parcel(draw: ImageDraw.ImageDraw, rng: np.random.Generator, p: Patch, 
         quad = [p0 + a * (p1 - p0), p0 + b * (p1 - p0), p3 + b * (p2 - p3), p3 + a * (p2 - p3)]
         draw.polygon([tuple(q) for q in quad], fill=_shade(base, 1.04 if i % 2 else .96))
 
+# %% ../../nbs/16b_embedded_render.ipynb 19
 def _draw_crowns(draw: ImageDraw.ImageDraw, rng: np.random.Generator, centres: np.ndarray, radii: np.ndarray, rgb) -> None:
     """Tree crowns: a dark rim, the crown, and a small lit spot towards the sun (south-east)."""
     base = (np.array(rgb, float) + rng.uniform(-8, 8, (len(radii), 3)))
@@ -60,6 +63,7 @@ def _draw_crowns(draw: ImageDraw.ImageDraw, rng: np.random.Generator, centres: n
         draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(mid))
         draw.ellipse([x + r * .1, y + r * .1, x + r * .6, y + r * .6], fill=tuple(lit))
 
+# %% ../../nbs/16b_embedded_render.ipynb 22
 def _draw_forest(draw: ImageDraw.ImageDraw, rng: np.random.Generator, p: Patch, style: DomainStyle, S: int) -> None:
     """A forest patch: dark floor, then densely packed crowns on a jittered grid inside the polygon."""
     pts = [(x * S, y * S) for x, y in p.points]
@@ -71,7 +75,7 @@ def _draw_forest(draw: ImageDraw.ImageDraw, rng: np.random.Generator, p: Patch, 
     keep = mask[gy.clip(0, S - 1).astype(int), gx.clip(0, S - 1).astype(int)]
     _draw_crowns(draw, rng, np.stack([gx[keep], gy[keep]], 1), rng.uniform(.55, .9, keep.sum()) * step, style.tree_rgb)
 
-# %% ../../nbs/16b_embedded_render.ipynb 11
+# %% ../../nbs/16b_embedded_render.ipynb 26
 _FEATURE_RGB = {"sports field": (84, 148, 72), "running track": (172, 84, 64), "parking lot": (92, 92, 96),
                 "swimming pool": (72, 176, 206), "square": (196, 190, 178)}
 
@@ -109,6 +113,7 @@ def _draw_feature(draw: ImageDraw.ImageDraw, rng: np.random.Generator, f: Featur
                     draw.polygon(P(car), fill=_jitter(rng, [(200, 200, 205), (40, 40, 45), (150, 30, 30), (40, 60, 120)]
                                                       [int(rng.integers(4))], 15))
 
+# %% ../../nbs/16b_embedded_render.ipynb 29
 def _draw_building(draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: Building, style: DomainStyle, S: int) -> None:
     """A roof: gabled (two shades and a ridge) for houses and farms, flat with parapet for blocks and warehouses."""
     P = lambda pts: [(x * S, y * S) for x, y in pts]
@@ -135,7 +140,7 @@ def _draw_building(draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: Build
             seg = _rect(b.x + c * u, b.y + s * u, 0.0, b.width - .01, b.angle)
             draw.line(P(seg[1:3]), fill=_shade(rgb, .9), width=1)
 
-# %% ../../nbs/16b_embedded_render.ipynb 13
+# %% ../../nbs/16b_embedded_render.ipynb 33
 def _apply_shadows(img: Image.Image, scene: Scene, style: DomainStyle, S: int) -> Image.Image:
     """Darken the ground where buildings and single trees cast shadows (towards north-north-west)."""
     mask = Image.new("L", (S, S), 0)
@@ -152,6 +157,7 @@ def _apply_shadows(img: Image.Image, scene: Scene, style: DomainStyle, S: int) -
     arr = np.asarray(img, float) * (1 - .45 * np.asarray(mask, float)[..., None] / 255)
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
+# %% ../../nbs/16b_embedded_render.ipynb 36
 def _sensor(img: Image.Image, style: DomainStyle, rng: np.random.Generator) -> Image.Image:
     """Colour cast, haze, contrast, brightness and noise of the domain's sensor and atmosphere."""
     a = np.asarray(img, float) / 255
@@ -163,7 +169,7 @@ def _sensor(img: Image.Image, style: DomainStyle, rng: np.random.Generator) -> I
     a = a + rng.normal(0, style.noise / 255, a.shape)
     return Image.fromarray((a * 255).round().clip(0, 255).astype(np.uint8))
 
-# %% ../../nbs/16b_embedded_render.ipynb 16
+# %% ../../nbs/16b_embedded_render.ipynb 40
 def render_scene(scene: Scene, style: DomainStyle, size: int = 128, rng: np.random.Generator | None = None) -> Image.Image:
     """Draw `scene` top-down as a `size` x `size` RGB image in `style`'s look."""
     rng = rng if rng is not None else np.random.default_rng(0)

@@ -52,6 +52,7 @@ class DomainStyle:
 # %% ../../nbs/16a_embedded_scenes.ipynb 8
 SCENE_TYPES = ("residential", "city_centre", "industrial", "farmland", "forest_edge", "waterfront", "park")
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 11
 DOMAINS: dict[str, DomainStyle] = {
     "finland": DomainStyle(
         name="finland", lat=COUNTRY_BOUNDS["finland"].lat, lon=COUNTRY_BOUNDS["finland"].lon,
@@ -94,7 +95,7 @@ DOMAINS: dict[str, DomainStyle] = {
         cast=(1.08, 1.0, .9), brightness=1.08, contrast=1.1, haze=.03, noise=3.),
 }
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 11
+# %% ../../nbs/16a_embedded_scenes.ipynb 14
 @dataclass
 class Building:
     """One building: centre, length (along `angle`, degrees), width, roof colour name and kind."""
@@ -106,6 +107,7 @@ class Building:
     roof: str
     kind: str           # 'house' | 'block' | 'warehouse' | 'farm'
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 16
 @dataclass
 class Road:
     """A road as a polyline in tile coordinates."""
@@ -113,6 +115,7 @@ class Road:
     width: float
     kind: str           # 'main' | 'street' | 'track' | 'path'
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 18
 @dataclass
 class Water:
     """A lake/pond (polygon) or river (centre line), with its visible position and cover."""
@@ -122,6 +125,7 @@ class Water:
     position: str = "centre"
     cover: float = 0.0
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 20
 @dataclass
 class Patch:
     """A forest patch or a field parcel (polygon) with its colour name."""
@@ -129,6 +133,7 @@ class Patch:
     points: list
     colour: str = ""
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 22
 @dataclass
 class Feature:
     """A small labelled object: sports field, running track, parking lot, roundabout or swimming pool."""
@@ -139,6 +144,7 @@ class Feature:
     width: float
     angle: float
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 24
 @dataclass
 class Scene:
     """Everything drawn on one tile, and the summary facts captions and tags are made from."""
@@ -158,33 +164,37 @@ class Scene:
     field_position: str = ""
     surrounded_by: list = field(default_factory=list)   # 'forest' | 'fields'
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 13
+# %% ../../nbs/16a_embedded_scenes.ipynb 28
 _M = 96   # occupancy grid cells per tile side
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 30
 def _choice(rng: np.random.Generator, weights: dict) -> str:
     """A key of `weights`, drawn with probability proportional to its value."""
     keys = list(weights)
     w = np.array([weights[k] if not isinstance(weights[k], tuple) else weights[k][1] for k in keys], float)
     return keys[int(rng.choice(len(keys), p=w / w.sum()))]
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 33
 def position_word(x: float, y: float) -> str:
     """The 3x3 compass cell of a point in tile coordinates: 'north-east', 'west', 'centre', ..."""
     ns = "north" if y < 1 / 3 else ("south" if y > 2 / 3 else "")
     ew = "west" if x < 1 / 3 else ("east" if x > 2 / 3 else "")
     return "-".join(w for w in (ns, ew) if w) or "centre"
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 36
 def orientation_word(angle: float) -> str:
     """'east-west', 'north-south' or 'diagonal' for a direction in degrees (0 = east)."""
     a = angle % 180
     return "east-west" if min(a, 180 - a) < 22.5 else ("north-south" if abs(a - 90) < 22.5 else "diagonal")
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 16
+# %% ../../nbs/16a_embedded_scenes.ipynb 40
 def _rect(x: float, y: float, length: float, width: float, angle: float) -> list:
     """Corners of a rectangle centred on (x, y), `length` along `angle` degrees."""
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     hl, hw = length / 2, width / 2
     return [(x + c * u - s * v, y + s * u + c * v) for u, v in ((-hl, -hw), (hl, -hw), (hl, hw), (-hl, hw))]
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 43
 def _raster(points: list, width: float = 0.0, m: int = _M) -> np.ndarray:
     """Boolean m x m mask of a polygon, or of a polyline of `width` (tile units)."""
     im = Image.new("L", (m, m), 0)
@@ -196,6 +206,7 @@ def _raster(points: list, width: float = 0.0, m: int = _M) -> np.ndarray:
         draw.polygon(xy, fill=1)
     return np.asarray(im, dtype=bool)
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 46
 _CELLS = (np.arange(_M) + 0.5) / _M
 
 def _footprint_box(x: float, y: float, length: float, width: float, angle: float, gap: float = 0.0) -> tuple:
@@ -208,6 +219,7 @@ def _footprint_box(x: float, y: float, length: float, width: float, angle: float
     u, v = dx * c + dy * s, -dx * s + dy * c
     return slice(r0, r1), slice(c0, c1), (np.abs(u) <= length / 2 + gap) & (np.abs(v) <= width / 2 + gap)
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 49
 def _footprint(x: float, y: float, length: float, width: float, angle: float, gap: float = 0.0) -> np.ndarray:
     """Occupancy cells covered by a rotated rectangle grown by `gap` on each side."""
     out = np.zeros((_M, _M), bool)
@@ -215,6 +227,7 @@ def _footprint(x: float, y: float, length: float, width: float, angle: float, ga
     out[rows, cols] = m
     return out
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 52
 def _fits(occ: np.ndarray, x: float, y: float, length: float, width: float, angle: float, gap: float = 0.008) -> bool:
     """True if the rectangle is inside the tile (centre) and touches no occupied cell."""
     if not (0.02 < x < 0.98 and 0.02 < y < 0.98):
@@ -222,17 +235,18 @@ def _fits(occ: np.ndarray, x: float, y: float, length: float, width: float, angl
     rows, cols, m = _footprint_box(x, y, length, width, angle, gap)
     return not (occ[rows, cols] & m).any()
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 19
+# %% ../../nbs/16a_embedded_scenes.ipynb 56
 def _centroid_word(mask: np.ndarray) -> str:
     """Position word of the centroid of a mask's cells ('' if empty)."""
     ys, xs = np.nonzero(mask)
     return position_word((xs.mean() + .5) / _M, (ys.mean() + .5) / _M) if len(xs) else ""
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 59
 def _sides_covered(mask: np.ndarray, band: int = 8, share: float = .2) -> int:
     """On how many of the tile's four edges the mask covers more than `share` of the border band."""
     return int(sum(m.mean() > share for m in (mask[:band], mask[-band:], mask[:, :band], mask[:, -band:])))
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 22
+# %% ../../nbs/16a_embedded_scenes.ipynb 63
 def _blob(rng: np.random.Generator, x: float, y: float, r: float, n: int = 28) -> list:
     """A closed, irregular blob polygon around (x, y) with mean radius `r`."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
@@ -243,6 +257,7 @@ def _blob(rng: np.random.Generator, x: float, y: float, r: float, n: int = 28) -
     px, py = r * rad * np.cos(t), r * rad * np.sin(t) * aspect
     return [(x + a * math.cos(rot) - b * math.sin(rot), y + a * math.sin(rot) + b * math.cos(rot)) for a, b in zip(px, py)]
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 66
 def _meander(rng: np.random.Generator, start: np.ndarray, direction: float, length: float, amp: float, n: int = 30) -> list:
     """A smooth curve from `start` along `direction` (degrees) with sinusoidal sideways wiggle `amp`."""
     d = np.array([math.cos(math.radians(direction)), math.sin(math.radians(direction))])
@@ -252,6 +267,7 @@ def _meander(rng: np.random.Generator, start: np.ndarray, direction: float, leng
     off = amp * (np.sin(2 * np.pi * f1 * t + p1) + .3 * np.sin(2 * np.pi * f2 * t + p2)) * np.minimum(1, t / .15)
     return [tuple(start + ti * d + oi * nrm) for ti, oi in zip(t, off)]
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 69
 def _sample_water(rng: np.random.Generator, style: DomainStyle, scene_type: str) -> Water:
     """A lake (or pond in parks) or a river, placed at a random compass position."""
     if scene_type == "park":
@@ -275,7 +291,7 @@ def _sample_water(rng: np.random.Generator, style: DomainStyle, scene_type: str)
         pts = _meander(rng, np.array(start), ang, 1.2, rng.uniform(.02, .05))
     return Water("river", pts, width)
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 25
+# %% ../../nbs/16a_embedded_scenes.ipynb 73
 def _grid_roads(rng: np.random.Generator, style: DomainStyle, angle: float, spacing: float) -> list:
     """Two families of parallel streets at `angle` and `angle + 90`; the line nearest the centre is the main road."""
     roads = []
@@ -291,6 +307,7 @@ def _grid_roads(rng: np.random.Generator, style: DomainStyle, angle: float, spac
             roads.append(Road(pts, .045 if j == main else rng.uniform(.022, .03), "main" if j == main else "street"))
     return roads
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 76
 def _winding_roads(rng: np.random.Generator, angle: float, n_side: int) -> list:
     """A curving main road through the tile and `n_side` curving side streets branching off it."""
     d = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
@@ -306,6 +323,7 @@ def _winding_roads(rng: np.random.Generator, angle: float, n_side: int) -> list:
                           rng.uniform(.022, .03), "street"))
     return roads
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 79
 def _rural_roads(rng: np.random.Generator, angle: float) -> list:
     """One gently curving country road and, sometimes, a thin farm track."""
     d = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
@@ -317,7 +335,7 @@ def _rural_roads(rng: np.random.Generator, angle: float) -> list:
         roads.append(Road(_meander(rng, c - .9 * d2, a2, 1.8, .01), .014, "track"))
     return roads
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 28
+# %% ../../nbs/16a_embedded_scenes.ipynb 83
 def _field_parcels(rng: np.random.Generator, style: DomainStyle, angle: float) -> list:
     """A patchwork of rotated rectangular parcels covering the tile."""
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
@@ -334,11 +352,12 @@ def _field_parcels(rng: np.random.Generator, style: DomainStyle, angle: float) -
         u += du
     return parcels
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 31
+# %% ../../nbs/16a_embedded_scenes.ipynb 86
 _KIND_SIZE = {"house": (1.0, (.55, .8)), "block": (2.0, (.55, .9)), "warehouse": (3.2, (.4, .75)), "farm": (1.4, (.45, .7))}
 
 _KIND_HEIGHT = {"house": .03, "block": .06, "warehouse": .035, "farm": .03}
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 88
 def _segments(roads: list) -> tuple:
     """The roads' segments as arrays (road index, start, end) and their sampling probabilities (by length)."""
     idx = np.array([i for i, r in enumerate(roads) for _ in r.points[1:]])
@@ -347,6 +366,7 @@ def _segments(roads: list) -> tuple:
     lengths = np.linalg.norm(p1 - p0, axis=1)
     return idx, p0, p1, lengths / lengths.sum()
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 91
 def _road_point(rng: np.random.Generator, roads: list, segs: tuple) -> tuple:
     """A random point on the roads (weighted by length), its road and the local direction in degrees."""
     idx, p0, p1, prob = segs
@@ -354,11 +374,12 @@ def _road_point(rng: np.random.Generator, roads: list, segs: tuple) -> tuple:
     d = p1[j] - p0[j]
     return roads[idx[j]], p0[j] + rng.random() * d, math.degrees(math.atan2(d[1], d[0]))
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 94
 def _roof(rng: np.random.Generator, style: DomainStyle, main_roof: str, share: float) -> str:
     """The scene's main roof colour with probability `share`, else a palette draw."""
     return main_roof if rng.random() < share else _choice(rng, style.roof_colours)
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 33
+# %% ../../nbs/16a_embedded_scenes.ipynb 98
 def _place_buildings(rng: np.random.Generator, style: DomainStyle, occ: np.ndarray, roads: list, n: int, kind: str,
                      main_roof: str, share: float, setback: float, size: tuple | None = None, tries: int = 400,
                      gap: float = .008) -> list:
@@ -393,6 +414,7 @@ def _place_buildings(rng: np.random.Generator, style: DomainStyle, occ: np.ndarr
                 break
     return placed
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 101
 def _place_feature(rng: np.random.Generator, occ: np.ndarray, roads: list, kind: str, length: float, width: float,
                    tries: int = 60) -> Feature | None:
     """A rectangular feature next to a road (or anywhere if there are none), or None if it does not fit."""
@@ -409,17 +431,19 @@ def _place_feature(rng: np.random.Generator, occ: np.ndarray, roads: list, kind:
             return Feature(kind, float(x), float(y), float(length), float(width), float(tang))
     return None
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 36
+# %% ../../nbs/16a_embedded_scenes.ipynb 105
 _SCENE_FEATURES = {  # scene type -> probabilities of sports field, parking lot, roundabout
     "residential": (.2, .15, .25), "city_centre": (.12, .3, .3), "industrial": (.05, .85, .2),
     "farmland": (0, 0, .05), "forest_edge": (.1, .05, .1), "waterfront": (.15, .15, .15), "park": (.6, .2, .1)}
 
 _TREES = {"park": 80, "residential": 40, "waterfront": 35, "forest_edge": 30, "farmland": 12, "city_centre": 6, "industrial": 8}
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 107
 def _streets(roads: list) -> list:
     """The roads buildings and parking lots line up along (not tracks or footpaths)."""
     return [r for r in roads if r.kind in ("main", "street")]
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 110
 def _add_water(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator) -> None:
     """Water for waterfront tiles, half of the parks (a pond) and, with the domain's probability, other tiles."""
     st = scene.scene_type
@@ -432,6 +456,7 @@ def _add_water(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random
         scene.water = water
         occ |= mask
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 113
 def _add_roads(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator, spacing: float) -> None:
     """The tile's road layout (and footpaths in parks); roads over a river make a bridge."""
     if scene.layout == "grid":
@@ -450,6 +475,7 @@ def _add_roads(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random
     scene.bridge = bool(scene.water is not None and scene.water.kind == "river" and (mask & occ).any())
     occ |= mask
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 116
 def _add_forest(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator) -> None:
     """Forest patches: one big patch entering from an edge on forest-edge tiles, else 0-2 blobs by vegetation."""
     st, veg = scene.scene_type, style.vegetation
@@ -474,6 +500,7 @@ def _add_forest(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.rando
             scene.surrounded_by.append("forest")
     occ |= mask
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 119
 def _add_fields(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator) -> None:
     """A patchwork of fields over a farmland tile, or, with the domain's probability, fields along one edge."""
     st = scene.scene_type
@@ -497,7 +524,7 @@ def _add_fields(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.rando
         scene.field_position = _centroid_word(mask)
         occ |= mask
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 37
+# %% ../../nbs/16a_embedded_scenes.ipynb 122
 def _add_features(scene: Scene, occ: np.ndarray, rng: np.random.Generator) -> None:
     """Sports field or running track, parking lots and, in city centres, a town square, where they fit."""
     p_sport, p_park, _ = _SCENE_FEATURES[scene.scene_type]
@@ -513,6 +540,7 @@ def _add_features(scene: Scene, occ: np.ndarray, rng: np.random.Generator) -> No
         f = _place_feature(rng, occ, roads, kind, length, width)
         scene.features += [f] if f else []
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 125
 def _add_buildings(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator, spacing: float) -> None:
     """The tile's buildings by scene type: houses, city blocks, warehouses or a farmstead."""
     st, streets, (lo, hi) = scene.scene_type, _streets(scene.roads), style.house_count
@@ -537,6 +565,7 @@ def _add_buildings(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.ra
     elif st == "park" and rng.random() < .5:
         scene.buildings = place(int(rng.integers(2, 7)), "house", .02)
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 128
 def _add_pools_and_roundabout(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator) -> None:
     """Swimming pools in house gardens (domain probability) and a roundabout on a non-grid main road."""
     for b in [b for b in scene.buildings if b.kind == "house"]:
@@ -555,6 +584,7 @@ def _add_pools_and_roundabout(scene: Scene, style: DomainStyle, occ: np.ndarray,
             if not (w and _raster(w.points, w.width)[int(y * _M), int(x * _M)]):
                 scene.features.append(Feature("roundabout", float(x), float(y), .1, .1, 0.0))
 
+# %% ../../nbs/16a_embedded_scenes.ipynb 131
 def _add_trees(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random.Generator) -> None:
     """Single trees on free cells, as many as the scene type and the domain's vegetation ask for."""
     n = int(style.vegetation * _TREES[scene.scene_type] * rng.uniform(.4, 1.4))
@@ -563,7 +593,7 @@ def _add_trees(scene: Scene, style: DomainStyle, occ: np.ndarray, rng: np.random
         for cy, cx in free[rng.choice(len(free), size=min(n, len(free)), replace=False)]:
             scene.trees.append((float((cx + rng.random()) / _M), float((cy + rng.random()) / _M), float(rng.uniform(.012, .026))))
 
-# %% ../../nbs/16a_embedded_scenes.ipynb 39
+# %% ../../nbs/16a_embedded_scenes.ipynb 135
 def sample_scene(style: DomainStyle, rng: np.random.Generator) -> Scene:
     """Draw the objects of one tile of `style`'s domain."""
     st = _choice(rng, style.scene_weights)
