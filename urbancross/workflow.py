@@ -3,8 +3,9 @@
 # %% ../nbs/14b_workflow.ipynb 2
 from __future__ import annotations
 
-import ast
 import contextlib
+import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -17,12 +18,14 @@ from typing import Sequence
 
 import nbformat
 
-from .core import PROFILES, get_config, paths, project_root
+from .core import PROFILES, Config, atomic_write, get_config, paths, project_root
+from .experiment import (experiment_notebooks, parse_params, parse_settings, preflight, resolve_settings,
+                                   run_all, run_notebook)
 
 # %% auto 0
-__all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'GRID_CHUNK', 'module_deps', 'module_files', 'notebook_inputs',
-           'grid_plan', 'marker_path', 'run_job', 'snakefile', 'reproduce_command', 'reproduce', 'job_times',
-           'lock_path', 'run_lock', 'main']
+__all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'GRID_CHUNK', 'module_files', 'module_deps', 'notebook_inputs',
+           'grid_plan', 'marker_path', 'run_job', 'RunRequest', 'preflight_report', 'snakefile', 'reproduce_command',
+           'job_times', 'lock_path', 'run_lock', 'reproduce', 'run_sequential']
 
 # %% ../nbs/14b_workflow.ipynb 5
 NEEDS = {"23b_cross_domain_summary": ["23_cross_domain"],
@@ -30,16 +33,26 @@ NEEDS = {"23b_cross_domain_summary": ["23_cross_domain"],
                               "26_rs_benchmarks"],
          "27_claims": ["21_ablation_sam", "22_ablation_lmm", "23b_cross_domain_summary"]}
 
+# %% ../nbs/14b_workflow.ipynb 9
 _IMPORT = re.compile(r"^\s*(?:from\s+(?:urbancross\.|\.+)([a-z0-9_]+)|import\s+urbancross\.([a-z0-9_]+))", re.M)
-NOT_INPUTS = {"workflow", "_modidx"}     # the scheduler and nbdev's index do not change what a notebook computes
-
-def _package() -> Path:
-    import urbancross
-    return Path(urbancross.__file__).resolve().parent
 
 def _imports(source: str) -> set[str]:
     """Names of the urbancross modules a piece of source imports (`from urbancross.x`, `from .x`, `import urbancross.x`)."""
     return {a or b for a, b in _IMPORT.findall(source)}
+
+# %% ../nbs/14b_workflow.ipynb 12
+def _package() -> Path:
+    """The folder of the `urbancross` package (found, not imported)."""
+    return Path(importlib.util.find_spec("urbancross").origin).resolve().parent
+
+# %% ../nbs/14b_workflow.ipynb 14
+def module_files(module: str, package: Path) -> list[Path]:
+    """The source files of a package module (`x.py`) or sub-package (`x/*.py`)."""
+    f = package / f"{module}.py"
+    return [f] if f.exists() else sorted((package / module).glob("*.py")) if (package / module).is_dir() else []
+
+# %% ../nbs/14b_workflow.ipynb 17
+NOT_INPUTS = {"workflow", "_modidx"}     # the scheduler and nbdev's index do not change what a notebook computes
 
 def module_deps(modules: set[str], package: Path | None = None) -> set[str]:
     """`modules` and every package module they import, transitively."""
@@ -54,11 +67,7 @@ def module_deps(modules: set[str], package: Path | None = None) -> set[str]:
             todo |= _imports(f.read_text(encoding="utf-8")) - seen
     return seen
 
-def module_files(module: str, package: Path) -> list[Path]:
-    """The source files of a package module (`x.py`) or sub-package (`x/*.py`)."""
-    f = package / f"{module}.py"
-    return [f] if f.exists() else sorted((package / module).glob("*.py")) if (package / module).is_dir() else []
-
+# %% ../nbs/14b_workflow.ipynb 19
 def notebook_inputs(nb_path: str | Path, package: Path | None = None) -> list[Path]:
     """The notebook and the module files it depends on, sorted."""
     nb = nbformat.read(nb_path, as_version=4)
@@ -66,14 +75,15 @@ def notebook_inputs(nb_path: str | Path, package: Path | None = None) -> list[Pa
     package = Path(package) if package else _package()
     return [Path(nb_path)] + sorted(f for m in module_deps(mods, package) for f in module_files(m, package))
 
-# %% ../nbs/14b_workflow.ipynb 8
+# %% ../nbs/14b_workflow.ipynb 23
 GRID_NB, SUMMARY_NB = "23_cross_domain", "23b_cross_domain_summary"
 GRID_CHUNK = {"smoke": "seed", "paper": "cell"}
 
 def grid_plan(profile: str, chunk: str | None = None, protocols: Sequence[str] = (), seeds: Sequence[int] = (),
               overrides: dict | None = None) -> dict:
     """The grid's jobs: {'cells': all cells, 'jobs': [{name, params, outputs, needs}], 'source': [...], 'target': [...]}."""
-    from urbancross.grid import grid_cells, grid_protocols, grid_seeds, slug
+    # the grid imports the training core: loaded when a plan is made, not by every `job` process
+    from urbancross.grid import grid_cells, grid_protocols, grid_seeds
     from urbancross.protocols import PROTOCOLS
     chunk = chunk or GRID_CHUNK.get(profile, "cell")
     if chunk not in ("seed", "cell"):
@@ -102,16 +112,15 @@ def grid_plan(profile: str, chunk: str | None = None, protocols: Sequence[str] =
                                                      "protocols": [c.protocol]}, cells=[c], needs=[need]))
     return out
 
-# %% ../nbs/14b_workflow.ipynb 11
+# %% ../nbs/14b_workflow.ipynb 27
 def marker_path(profile: str, name: str, root: str | Path | None = None) -> Path:
     """The finish marker of job `name` (a notebook stem or a grid job)."""
     return paths(root, profile=profile)["outputs"] / "done" / f"{name}.json"
 
+# %% ../nbs/14b_workflow.ipynb 30
 def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: str | Path,
             overrides: dict | None = None, params: dict | None = None) -> float:
     """Run one notebook job (papermill), keep the executed notebook at `executed`, then write `marker`; seconds taken."""
-    from urbancross.core import atomic_write
-    from urbancross.experiment import run_notebook
     t0, what = time.time(), Path(executed).stem
     print(f"job {what}: starting ({time.strftime('%H:%M:%S')})", flush=True)
     run_notebook(Path(notebook), Path(executed), profile, overrides or {}, params or {})
@@ -122,61 +131,81 @@ def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: st
                        overrides=overrides or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S")), f, indent=1)
     return seconds
 
-# %% ../nbs/14b_workflow.ipynb 13
+# %% ../nbs/14b_workflow.ipynb 34
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """One run of the experiments: profile, `--set` settings, `--param` notebook parameters, notebooks (`only`, default
+    all), local `cores` or a Snakemake `executor` with `jobs` at once; `grid_chunk` and `extra` are Snakemake's."""
+    profile: str = "smoke"
+    cores: int | None = None
+    dry_run: bool = False
+    settings: Sequence[str] = ()
+    params: Sequence[str] = ()
+    only: Sequence[str] = ()
+    executor: str | None = None
+    jobs: int | None = None
+    grid_chunk: str | None = None
+    extra: Sequence[str] = ()
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r}: choose one of {sorted(PROFILES)}")
+        for name in ("settings", "params", "only", "extra"):        # kept as tuples: a request is a value
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+
+    @property
+    def overrides(self) -> dict:
+        """The `--set` settings as typed `Config` fields (relative paths that exist made absolute)."""
+        return resolve_settings(parse_settings(self.settings))
+
+    @property
+    def config(self) -> Config:
+        return get_config(self.profile, **self.overrides)
+
+    @property
+    def notebooks(self) -> list[Path]:
+        """The experiment notebooks to run, in run order: those named in `only` (stem or file name), else all."""
+        nbs = experiment_notebooks()
+        if unknown := [o for o in self.only if not any(o in (p.stem, p.name) for p in nbs)]:
+            raise ValueError(f"--only {unknown}: no such experiment notebook; choose from {[p.stem for p in nbs]}")
+        return [p for p in nbs if not self.only or p.stem in self.only or p.name in self.only]
+
+# %% ../nbs/14b_workflow.ipynb 37
+def preflight_report(req: RunRequest) -> int:
+    """Print what the run of `req` needs and does not find (or that everything is there); 0, else 2."""
+    cfg = req.config
+    problems = preflight(cfg, req.notebooks)
+    for p in problems:
+        print(f"preflight: {p}", flush=True)
+    if problems:
+        print(f"preflight found {len(problems)} problem(s); nothing was run", flush=True)
+        return 2
+    print(f"preflight: profile={cfg.profile} data={cfg.data_source} model={cfg.model_name} "
+          f"pretrained={cfg.pretrained or 'random init'}: everything needed is there", flush=True)
+    return 0
+
+# %% ../nbs/14b_workflow.ipynb 41
 def snakefile() -> Path:
     """The `workflow/Snakefile` beside this package's source (the checkout), else under the project root."""
     here = _package().parent / "workflow" / "Snakefile"
     return here if here.exists() else project_root() / "workflow" / "Snakefile"
 
-def reproduce_command(profile: str = "smoke", cores: int | None = None, dry_run: bool = False,
-                      settings: Sequence[str] = (), params: Sequence[str] = (), only: Sequence[str] = (),
-                      executor: str | None = None, jobs: int | None = None, grid_chunk: str | None = None,
-                      extra: Sequence[str] = ()) -> list[str]:
+# %% ../nbs/14b_workflow.ipynb 43
+def reproduce_command(req: RunRequest) -> list[str]:
     """The Snakemake command line of a run (see `reproduce`)."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile {profile!r}: choose one of {sorted(PROFILES)}")
-    conf = [f"profile={profile}", f"settings={json.dumps(list(settings))}", f"params={json.dumps(list(params))}",
-            f"only={json.dumps(list(only))}"] + ([f"grid_chunk={grid_chunk}"] if grid_chunk else [])
+    conf = [f"profile={req.profile}", f"settings={json.dumps(list(req.settings))}", f"params={json.dumps(list(req.params))}",
+            f"only={json.dumps(list(req.only))}"] + ([f"grid_chunk={req.grid_chunk}"] if req.grid_chunk else [])
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile()), "--directory", str(project_root()),
            "--rerun-incomplete", "--nolock", "--quiet", "rules", "--config", *conf]
-    if executor:
-        cmd += ["--executor", executor, "--jobs", str(jobs or 100)]
+    if req.executor:
+        cmd += ["--executor", req.executor, "--jobs", str(req.jobs or 100)]
     else:
-        cmd += ["--cores", str(cores or os.cpu_count() or 1)]
-    if dry_run:
+        cmd += ["--cores", str(req.cores or os.cpu_count() or 1)]
+    if req.dry_run:
         cmd += ["--dry-run"]
-    return cmd + list(extra)
+    return cmd + list(req.extra)
 
-def reproduce(profile: str = "smoke", cores: int | None = None, dry_run: bool = False, settings: Sequence[str] = (),
-              params: Sequence[str] = (), only: Sequence[str] = (), executor: str | None = None, jobs: int | None = None,
-              grid_chunk: str | None = None, extra: Sequence[str] = ()) -> int:
-    """Run (or with `dry_run`, list) the experiment workflow of `profile`; Snakemake's exit status."""
-    from urbancross.experiment import experiment_notebooks, parse_settings, preflight, resolve_settings
-    cmd = reproduce_command(profile, cores, dry_run, settings, params, only, executor, jobs, grid_chunk, extra)
-    if not dry_run:
-        try:
-            cfg = get_config(profile, **resolve_settings(parse_settings(settings)))
-        except (ValueError, TypeError) as e:
-            print(f"error: {e}", flush=True); return 2
-        nbs = [p for p in experiment_notebooks() if not only or p.stem in only]
-        problems = preflight(cfg, nbs)
-        for p in problems:
-            print(f"preflight: {p}", flush=True)
-        if problems:
-            print(f"preflight found {len(problems)} problem(s); nothing was run", flush=True); return 2
-    print("reproduce:", shlex.join(cmd), flush=True)
-    t0 = time.time()
-    with run_lock(dry_run) as held:
-        if not held:
-            print(f"reproduce: another run holds {lock_path()}; wait for it to finish", flush=True); return 3
-        rc = subprocess.call(cmd)
-    ran = job_times(profile, since=t0)
-    for name, sec in ran.items():
-        print(f"reproduce: {name:<34} {sec:7.0f} s", flush=True)
-    print(f"reproduce: snakemake exited {rc} after {time.time() - t0:.0f} s; {len(ran)} jobs ran, "
-          f"{sum(ran.values()):.0f} s in notebooks", flush=True)
-    return rc
-
+# %% ../nbs/14b_workflow.ipynb 46
 def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) -> dict[str, float]:
     """{job: seconds} from the finish markers of a profile written after `since` (a time.time())."""
     done = paths(root, profile=profile)["outputs"] / "done"
@@ -189,18 +218,18 @@ def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) 
                 continue
     return out
 
+# %% ../nbs/14b_workflow.ipynb 49
 def lock_path() -> Path:
+    """The run lock of this compendium."""
     return paths()["outputs"] / ".reproduce.lock"
 
+# %% ../nbs/14b_workflow.ipynb 51
 @contextlib.contextmanager
 def run_lock(skip: bool = False):
-    """Hold an exclusive lock on `outputs/.reproduce.lock` for one run (yields False if another run holds it).
-
-    The operating system releases it when the process ends, however it ends, so a run killed with
-    `kill -9` leaves nothing stale behind (Snakemake's own lock is off, `--nolock`, for that reason)."""
+    """Hold an exclusive lock on `lock_path()` for one run (yields False if another run holds it)."""
     if skip:
         yield True; return
-    import fcntl
+    import fcntl                                   # POSIX only: imported where it is used
     p = lock_path(); p.parent.mkdir(parents=True, exist_ok=True)
     with open(p, "a") as f:
         try:
@@ -212,25 +241,33 @@ def run_lock(skip: bool = False):
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/14b_workflow.ipynb 16
-def main(argv: Sequence[str] | None = None) -> int:
-    """`job` (one notebook job) or `reproduce` (the workflow)."""
-    import argparse
-    ap = argparse.ArgumentParser(description="UrbanCross workflow: one notebook job, or the whole reproduction.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    j = sub.add_parser("job", help="run one notebook job (what each Snakemake job does)")
-    j.add_argument("notebook"); j.add_argument("--profile", default="smoke"); j.add_argument("--marker", required=True)
-    j.add_argument("--executed", required=True); j.add_argument("--overrides", default="{}"); j.add_argument("--params", default="{}")
-    r = sub.add_parser("reproduce", help="run the experiment workflow (Snakemake)")
-    r.add_argument("--profile", default="smoke", choices=sorted(PROFILES)); r.add_argument("--cores", type=int)
-    r.add_argument("--dry-run", "-n", action="store_true"); r.add_argument("--set", nargs="*", default=[], dest="settings")
-    r.add_argument("--param", nargs="*", default=[], dest="params"); r.add_argument("--only", nargs="*", default=[])
-    r.add_argument("--executor"); r.add_argument("--jobs", type=int); r.add_argument("--grid-chunk", choices=["seed", "cell"])
-    a, extra = ap.parse_known_args(argv)
-    if a.cmd == "job":
-        run_job(a.notebook, a.profile, a.marker, a.executed, json.loads(a.overrides), json.loads(a.params))
-        return 0
-    return reproduce(a.profile, a.cores, a.dry_run, a.settings, a.params, a.only, a.executor, a.jobs, a.grid_chunk, extra)
+# %% ../nbs/14b_workflow.ipynb 54
+def reproduce(req: RunRequest) -> int:
+    """Run (or with `dry_run`, list) the experiment workflow of `req`: Snakemake's exit status, 2 if the preflight
+    failed, 3 if another run holds the lock."""
+    if not req.dry_run and (code := preflight_report(req)):
+        return code
+    cmd = reproduce_command(req)
+    print("reproduce:", shlex.join(cmd), flush=True)
+    t0 = time.time()
+    with run_lock(req.dry_run) as held:
+        if not held:
+            print(f"reproduce: another run holds {lock_path()}; wait for it to finish", flush=True)
+            return 3
+        rc = subprocess.call(cmd)
+    ran = job_times(req.profile, since=t0)
+    for name, sec in ran.items():
+        print(f"reproduce: {name:<34} {sec:7.0f} s", flush=True)
+    print(f"reproduce: snakemake exited {rc} after {time.time() - t0:.0f} s; {len(ran)} jobs ran, "
+          f"{sum(ran.values()):.0f} s in notebooks", flush=True)
+    return rc
 
-if __name__ == "__main__" and "IPython" not in sys.modules:
-    raise SystemExit(main())
+# %% ../nbs/14b_workflow.ipynb 58
+def run_sequential(req: RunRequest) -> int:
+    """The plain run-all of `req`: preflight, then `run_all` over its notebooks; 0, or 2 if the preflight failed."""
+    notebooks, overrides = req.notebooks, req.overrides
+    params = parse_params(req.params, notebooks)                  # typed against the notebooks' parameters cells
+    if code := preflight_report(req):
+        return code
+    run_all(req.profile, notebooks, overrides=overrides, params=params)
+    return 0
