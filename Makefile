@@ -8,6 +8,7 @@ PROFILE ?= smoke
 ARGS ?=
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
+# Every target below is a subcommand of the one command line, `python -m urbancross --help`.
 # The model hubs are offline for the smoke profile (it needs nothing from them) or when you say OFFLINE=1;
 # the paper profile may fetch open_clip / InstructBLIP weights on first use.
 ifeq ($(PROFILE),smoke)
@@ -32,18 +33,18 @@ install: $(VENV)/.installed
 CORES ?= $(shell nproc)
 # The workflow (Snakemake, workflow/Snakefile): resumes, skips what is up to date, reruns what a change affects.
 reproduce: install
-	$(BIN)/python -m urbancross.workflow reproduce --profile $(PROFILE) --cores $(CORES) $(ARGS)
+	$(BIN)/python -m urbancross reproduce --profile $(PROFILE) --cores $(CORES) $(ARGS)
 
 # The plain papermill run-all, every notebook in order in one process each, nothing skipped.
 reproduce-all: install
-	$(BIN)/python -m urbancross.experiment --profile $(PROFILE) $(ARGS)
+	$(BIN)/python -m urbancross run-all --profile $(PROFILE) $(ARGS)
 
 # What the paper profile's workflow would run (no data or GPU needed to plan it).
 reproduce-plan: install
-	$(BIN)/python -m urbancross.workflow reproduce --profile paper --dry-run
+	$(BIN)/python -m urbancross reproduce --profile paper --dry-run
 
 paper-dryrun: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m urbancross.dryrun
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m urbancross dryrun
 
 test: install
 	$(BIN)/nbdev_test --n_workers 2
