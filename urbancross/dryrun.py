@@ -5,7 +5,6 @@
 # %% ../nbs/17_dryrun.ipynb 2
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -15,29 +14,27 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .core import get_logger, paths
-from .experiment import experiment_notebooks, parse_settings
+from .core import paths
+from .experiment import experiment_notebooks
 from .fixtures import write_karpathy_fixture, write_release_fixture, write_tiny_weights
 
 # %% auto 0
-__all__ = ['log', 'DRYRUN_SIZES', 'DRYRUN_PARAMS', 'dryrun_settings', 'make_dryrun_root', 'paper_dryrun', 'main']
+__all__ = ['DRYRUN_SIZES', 'DRYRUN_PARAMS', 'dryrun_settings', 'make_dryrun_root', 'dryrun_command', 'paper_dryrun']
 
-# %% ../nbs/17_dryrun.ipynb 4
-log = get_logger("urbancross.dryrun")
-
-# %% ../nbs/17_dryrun.ipynb 6
+# %% ../nbs/17_dryrun.ipynb 5
 DRYRUN_SIZES = dict(model_name="UC-TinyViT", image_size=32, context_length=16, device="cpu", epochs=1, batch_size=8,
                     da_epochs=1, source_batch=8, target_batch=2, num_seg_stored=3, num_seg=2, segment_size=32,
                     sam_model_type="tiny", sam_points_per_side=4, views=1, eval_block_size=64, num_workers=0, threads=2)
 DRYRUN_PARAMS = dict(seeds=[0], budget_steps=2, k=3)
 
+# %% ../nbs/17_dryrun.ipynb 7
 def dryrun_settings(data_root: str | Path, weights: dict) -> list[str]:
     """The `--set key=value` arguments of the dry run: sizes, device, fixture data and tiny weights."""
     sizes = [f"{k}={v}" for k, v in DRYRUN_SIZES.items()]
     return sizes + [f"data_root={data_root}", f"pretrained={weights['clip_weights']}",
                     f"sam_checkpoint={weights['sam_checkpoint']}", f"lmm_model={weights['lmm_model']}"]
 
-# %% ../nbs/17_dryrun.ipynb 9
+# %% ../nbs/17_dryrun.ipynb 10
 def make_dryrun_root(workdir: str | Path, images_per_domain: int = 12, rs_images: int = 24, seed: int = 0) -> dict:
     """Write a compendium root with fixture data and tiny weights in `workdir`; the paths of what it wrote."""
     root, repo = Path(workdir), paths()["root"]
@@ -54,17 +51,20 @@ def make_dryrun_root(workdir: str | Path, images_per_domain: int = 12, rs_images
     return dict(root=root, data_root=raw, weights=weights, release=release, karpathy=karpathy)
 
 # %% ../nbs/17_dryrun.ipynb 14
+def dryrun_command(made: dict, only: Sequence[str] = ()) -> list[str]:
+    """`python -m urbancross run-all --profile paper` with the dry run's settings for a root from `make_dryrun_root`."""
+    sets = dryrun_settings(made["data_root"], made["weights"])
+    params = [f"{k}={v!r}" for k, v in DRYRUN_PARAMS.items()]
+    return [sys.executable, "-m", "urbancross", "run-all", "--profile", "paper", *(a for s in sets for a in ("--set", s)),
+            *(a for p in params for a in ("--param", p)), *(a for o in only for a in ("--only", o))]
+
+# %% ../nbs/17_dryrun.ipynb 17
 def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), images_per_domain: int = 12) -> dict:
     """Run every experiment notebook through the paper profile's front door on fixture data; rc and seconds."""
     keep = workdir is not None                      # a temporary root is removed after a successful run
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="urbancross-dryrun-"))
     t0 = time.time()
-    made = make_dryrun_root(workdir, images_per_domain=images_per_domain)
-    params = [f"{k}={v!r}" for k, v in DRYRUN_PARAMS.items()]
-    cmd = [sys.executable, "-m", "urbancross.experiment", "--profile", "paper",
-           "--set", *dryrun_settings(made["data_root"], made["weights"]), "--param", *params]
-    if only:
-        cmd += ["--only", *only]
+    cmd = dryrun_command(make_dryrun_root(workdir, images_per_domain=images_per_domain), only)
     env = {**os.environ, "URBANCROSS_ROOT": str(workdir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     print("dry run:", " ".join(cmd), flush=True)
     rc = subprocess.run(cmd, env=env, cwd=workdir).returncode
@@ -80,14 +80,3 @@ def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), im
     if not kept:
         shutil.rmtree(workdir, ignore_errors=True)
     return dict(rc=rc, seconds=seconds, workdir=workdir, missing=missing)
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m urbancross.dryrun [--workdir DIR] [--only NAME ...]`; exits with the run's code."""
-    ap = argparse.ArgumentParser(description="Paper-shaped dry run: the paper profile on fixture data and tiny models.")
-    ap.add_argument("--workdir", help="compendium root to create (default: a new temporary folder)")
-    ap.add_argument("--only", nargs="*", default=[], help="experiment notebooks to run (default: all)")
-    a = ap.parse_args(argv)
-    raise SystemExit(paper_dryrun(a.workdir, a.only)["rc"])
-
-if __name__ == "__main__" and "IPython" not in sys.modules:
-    main()
