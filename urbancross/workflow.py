@@ -151,7 +151,8 @@ class RunRequest:
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r}: choose one of {sorted(PROFILES)}")
         for name in ("settings", "params", "only", "extra"):        # kept as tuples: a request is a value
-            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value or ()))
 
     @property
     def overrides(self) -> dict:
