@@ -46,18 +46,20 @@ def project_root() -> Path:
                 return folder
     return Path.cwd()
 
+# %% ../nbs/00_core.ipynb 10
 def local_places(path: str | Path, root: str | Path | None = None) -> list[Path]:
     """Where a path given by a user is looked for: itself if absolute, else under the cwd, then the project root."""
     p = Path(path).expanduser()
     return [p] if p.is_absolute() else list(dict.fromkeys([Path.cwd() / p, Path(root or project_root()) / p]))
 
-# %% ../nbs/00_core.ipynb 11
+# %% ../nbs/00_core.ipynb 13
 def _umask() -> int:
     """The process umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
+# %% ../nbs/00_core.ipynb 15
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
     """Open a temporary file next to `path`; it replaces `path` only if the block ends without error."""
@@ -76,13 +78,14 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
             os.unlink(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb 15
+# %% ../nbs/00_core.ipynb 20
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """`torch.save` to a temporary file, then rename into place."""
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb 22
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint with `weights_only=True`, naming the file if it is missing or corrupt."""
     path = Path(path)
@@ -93,7 +96,7 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:
         raise ValueError(f"checkpoint {path} is corrupt or not a weights-only torch file: {e}") from e
 
-# %% ../nbs/00_core.ipynb 18
+# %% ../nbs/00_core.ipynb 25
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed `random`, NumPy and torch; return a NumPy generator for the run."""
     random.seed(seed)
@@ -101,6 +104,7 @@ def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
+# %% ../nbs/00_core.ipynb 27
 def get_device(preference: str = "auto") -> torch.device:
     """`cuda` when asked for or available under `auto`, else `cpu`."""
     if preference == "auto":
@@ -109,12 +113,13 @@ def get_device(preference: str = "auto") -> torch.device:
         raise RuntimeError(f"device {preference!r} requested but no CUDA device is available")
     return torch.device(preference)
 
+# %% ../nbs/00_core.ipynb 29
 def set_tf32(enabled: bool) -> None:
     """TF32 for CUDA matmuls and cuDNN convolutions (Ampere and later); no effect on CPU."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
 
-# %% ../nbs/00_core.ipynb 21
+# %% ../nbs/00_core.ipynb 32
 @dataclass
 class Config:
     """Everything one run needs; build it with `get_config`."""
@@ -122,7 +127,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     # data
-    data_source: str = "embedded"          # a name in DATASETS: 'embedded' | 'urbancross' | 'rsicd' | 'rsitmd'
+    data_source: str = "embedded"          # a dataset registered in datasets.DATASETS (02_datasets lists them)
     data_root: str = ""                    # real data root (paper profile); '' = data/raw
     domains: tuple = ("finland", "germany", "spain")
     images_per_domain: int = 200           # embedded data only
@@ -203,7 +208,7 @@ class Config:
         """Plain-dict view, for logs and result sidecars."""
         return dataclasses.asdict(self)
 
-# %% ../nbs/00_core.ipynb 22
+# %% ../nbs/00_core.ipynb 34
 PROFILES: dict[str, dict] = {
     # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule;
     # 1000 tiles per domain split 40/10/50, so every domain has 500 test images (2500 captions) to decide with
@@ -225,7 +230,7 @@ def get_config(profile: str = "smoke", **overrides: Any) -> Config:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     return Config(profile=profile, **{**PROFILES[profile], **overrides})
 
-# %% ../nbs/00_core.ipynb 25
+# %% ../nbs/00_core.ipynb 37
 class Registry(dict):
     """Named entries of one kind; `@REG.register("name")` or `REG.register("name", obj)` adds one."""
     def __init__(self, kind: str):
@@ -247,7 +252,7 @@ class Registry(dict):
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {sorted(self)}")
         return self[name]
 
-# %% ../nbs/00_core.ipynb 28
+# %% ../nbs/00_core.ipynb 40
 PER_PROFILE = ("results", "figures", "outputs")
 
 def paths(root: str | Path | None = None, profile: str | None = None) -> dict[str, Path]:
@@ -259,6 +264,7 @@ def paths(root: str | Path | None = None, profile: str | None = None) -> dict[st
     out["root"] = root
     return out
 
+# %% ../nbs/00_core.ipynb 42
 def git_sha(root: str | Path | None = None) -> str:
     """The current commit of the compendium, or 'unknown' outside git."""
     try:
@@ -267,7 +273,7 @@ def git_sha(root: str | Path | None = None) -> str:
     except Exception:
         return "unknown"
 
-# %% ../nbs/00_core.ipynb 29
+# %% ../nbs/00_core.ipynb 44
 def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None) -> Path:
     """Save `fig` as `figures/<params['profile']>/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
     if figures_dir is None and not (params or {}).get("profile"):
