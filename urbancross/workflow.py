@@ -19,8 +19,8 @@ from typing import Sequence
 import nbformat
 
 from .core import PROFILES, Config, atomic_write, get_config, paths, project_root
-from .experiment import (experiment_notebooks, parse_params, parse_settings, preflight, resolve_settings,
-                                   run_all, run_notebook)
+from .experiment import (
+    experiment_notebooks, parse_params, parse_settings, preflight, resolve_settings, run_all, run_notebook)
 
 # %% auto 0
 __all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'GRID_CHUNK', 'module_files', 'module_deps', 'notebook_inputs',
