@@ -17,10 +17,10 @@ __all__ = ['log', 'target_similarity_scores', 'combine_scores', 'combined_simila
            'curriculum_schedule', 'admitted_count', 'score_weights', 'CurriculumSampler', 'source_ratio',
            'batch_target_likeness', 'admit_in_batch']
 
-# %% ../nbs/08_curriculum.ipynb 5
+# %% ../nbs/08_curriculum.ipynb 7
 log = get_logger("urbancross.curriculum")
 
-# %% ../nbs/08_curriculum.ipynb 7
+# %% ../nbs/08_curriculum.ipynb 9
 def _embeddings(x: torch.Tensor, name: str) -> torch.Tensor:
     """`x` detached as a float32 matrix, or a ValueError naming `name` and what is wrong."""
     x = torch.as_tensor(x)
@@ -32,7 +32,7 @@ def _embeddings(x: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: rows {bad[:5].tolist()} contain NaN or inf")
     return x
 
-# %% ../nbs/08_curriculum.ipynb 10
+# %% ../nbs/08_curriculum.ipynb 12
 def target_similarity_scores(source_emb: torch.Tensor, target_emb: torch.Tensor, how: str = "centroid",
                              k: int = 10, block_size: int = 4096) -> torch.Tensor:
     """Cosine similarity of each source row to the target domain: its centroid, or mean of the top-k target rows."""
@@ -49,7 +49,7 @@ def target_similarity_scores(source_emb: torch.Tensor, target_emb: torch.Tensor,
         return torch.cat([(blk @ t.T).topk(kk, dim=1).values.mean(1) for blk in s.split(block_size)])
     raise ValueError(f"how={how!r}; choose 'centroid' or 'knn'")
 
-# %% ../nbs/08_curriculum.ipynb 16
+# %% ../nbs/08_curriculum.ipynb 18
 def combine_scores(scores: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None = None,
                    standardize: bool = False) -> torch.Tensor:
     """Weighted mean of per-modality scores (equal weights by default; optionally z-scored first)."""
@@ -70,7 +70,7 @@ def combine_scores(scores: Mapping[str, torch.Tensor], weights: Mapping[str, flo
     total = sum(weights.values())
     return sum(weights[m] / total * prep(s) for m, s in scores.items())
 
-# %% ../nbs/08_curriculum.ipynb 18
+# %% ../nbs/08_curriculum.ipynb 20
 def combined_similarity_scores(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
                                weights: Mapping[str, float] | None = None, how: str = "centroid", k: int = 10,
                                standardize: bool = False) -> torch.Tensor:
@@ -80,7 +80,7 @@ def combined_similarity_scores(source: Mapping[str, torch.Tensor], target: Mappi
     per = {m: target_similarity_scores(source[m], target[m], how, k) for m in source}
     return combine_scores(per, weights, standardize)
 
-# %% ../nbs/08_curriculum.ipynb 22
+# %% ../nbs/08_curriculum.ipynb 24
 def _as_scores(scores: torch.Tensor | Sequence[float]) -> torch.Tensor:
     """Scores as a detached 1-D float64 CPU tensor, or a ValueError naming the bad entries."""
     s = torch.as_tensor(scores).detach().to("cpu", torch.float64)
@@ -91,12 +91,12 @@ def _as_scores(scores: torch.Tensor | Sequence[float]) -> torch.Tensor:
         raise ValueError(f"scores at positions {bad[:5].tolist()} are NaN or inf")
     return s
 
-# %% ../nbs/08_curriculum.ipynb 25
+# %% ../nbs/08_curriculum.ipynb 27
 def rank_by_score(scores: torch.Tensor | Sequence[float]) -> torch.Tensor:
     """Indices from highest to lowest score; ties keep ascending index order."""
     return torch.sort(-_as_scores(scores), stable=True).indices
 
-# %% ../nbs/08_curriculum.ipynb 28
+# %% ../nbs/08_curriculum.ipynb 30
 def curriculum_schedule(n_epochs: int, start: float = 0.2, step: float = 0.2) -> list[float]:
     """Fraction of the source set admitted in each of `n_epochs` epochs: min(1, start + step * epoch)."""
     if n_epochs < 1:
@@ -107,14 +107,14 @@ def curriculum_schedule(n_epochs: int, start: float = 0.2, step: float = 0.2) ->
         raise ValueError(f"step={step}; the admitted fraction cannot shrink")
     return [round(min(1.0, start + step * e), 10) for e in range(n_epochs)]
 
-# %% ../nbs/08_curriculum.ipynb 31
+# %% ../nbs/08_curriculum.ipynb 33
 def admitted_count(frac: float, n: int) -> int:
     """Number of samples admitted at fraction `frac` of `n`: round half up, at least 1, at most n."""
     if n == 0:
         return 0
     return min(n, max(1, math.floor(frac * n + 0.5 + 1e-9)))
 
-# %% ../nbs/08_curriculum.ipynb 35
+# %% ../nbs/08_curriculum.ipynb 37
 def score_weights(scores: torch.Tensor | Sequence[float], eps: float = 0.05) -> torch.Tensor:
     """Scores min-max scaled onto [eps, 1] (float32, detached); all ones when the scores are equal."""
     if not 0 < eps <= 1:
@@ -125,7 +125,7 @@ def score_weights(scores: torch.Tensor | Sequence[float], eps: float = 0.05) -> 
         return torch.ones(len(s))
     return (eps + (1 - eps) * (s - lo) / (hi - lo)).float()
 
-# %% ../nbs/08_curriculum.ipynb 38
+# %% ../nbs/08_curriculum.ipynb 40
 class CurriculumSampler(torch.utils.data.Sampler):
     """Each epoch, a seeded shuffle of the most target-like `schedule[epoch]` fraction of the samples."""
     def __init__(self, scores: torch.Tensor | Sequence[float], schedule: Sequence[float], seed: int = 0,
@@ -170,19 +170,19 @@ class CurriculumSampler(torch.utils.data.Sampler):
             raise ValueError("this CurriculumSampler was built with weighted=False; pass weighted=True for weights")
         return self.weights[torch.as_tensor(indices, dtype=torch.long)]
 
-# %% ../nbs/08_curriculum.ipynb 50
+# %% ../nbs/08_curriculum.ipynb 52
 def source_ratio(cfg, epoch: int) -> float:
     """Share of each source batch admitted in `epoch`: curriculum, fixed `curriculum_start`, or 1."""
     if cfg.curriculum:
         return round(min(1.0, cfg.curriculum_start + cfg.curriculum_step * epoch), 10)
     return cfg.curriculum_start if cfg.select_source else 1.0
 
-# %% ../nbs/08_curriculum.ipynb 54
+# %% ../nbs/08_curriculum.ipynb 56
 def batch_target_likeness(source_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of each source embedding to the target batch (upstream `W1.mean(0)`)."""
     return (F.normalize(source_emb.float(), dim=-1) @ F.normalize(target_emb.float(), dim=-1).t()).mean(1)
 
-# %% ../nbs/08_curriculum.ipynb 57
+# %% ../nbs/08_curriculum.ipynb 59
 def admit_in_batch(scores: torch.Tensor, ratio: float, min_keep: int = 2) -> torch.Tensor:
     """Positions of the `ratio` most target-like rows of a batch (at least `min_keep`), best first."""
     n = len(scores)

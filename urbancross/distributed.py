@@ -21,10 +21,10 @@ __all__ = ['log', 'RESUME_KEYS', 'rng_state', 'set_rng_state', 'init_distributed
            'gather_embeddings', 'process_device', 'gather_rng', 'save_checkpoint', 'remove_partial_saves',
            'restore_checkpoint', 'load_checkpoint', 'check_resumable']
 
-# %% ../nbs/11_distributed.ipynb 4
+# %% ../nbs/11_distributed.ipynb 6
 log = get_logger("urbancross.distributed")
 
-# %% ../nbs/11_distributed.ipynb 6
+# %% ../nbs/11_distributed.ipynb 8
 def rng_state(device: torch.device | None = None) -> dict:
     """Python, NumPy, torch CPU (and CUDA `device`) RNG states as weights-only-loadable values."""
     version, mt, gauss = random.getstate()
@@ -37,7 +37,7 @@ def rng_state(device: torch.device | None = None) -> dict:
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
-# %% ../nbs/11_distributed.ipynb 9
+# %% ../nbs/11_distributed.ipynb 11
 def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     """Restore the states saved by `rng_state`."""
     py, npy = state["python"], state["numpy"]
@@ -47,7 +47,7 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     if "cuda" in state and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
-# %% ../nbs/11_distributed.ipynb 13
+# %% ../nbs/11_distributed.ipynb 15
 def init_distributed(backend: str | None = None) -> tuple[int, int]:
     """Join the process group `torchrun` describes (env `WORLD_SIZE` > 1); returns (rank, world size)."""
     if dist.is_available() and dist.is_initialized():
@@ -61,12 +61,12 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     log.info(f"distributed: rank {dist.get_rank()} of {dist.get_world_size()}, backend {backend}")
     return dist.get_rank(), dist.get_world_size()
 
-# %% ../nbs/11_distributed.ipynb 16
+# %% ../nbs/11_distributed.ipynb 18
 def shard_sizes(n: int, world: int) -> list[int]:
     """Rows of an `n`-row batch that each of `world` processes takes (contiguous, differing by at most 1)."""
     return [n // world + (r < n % world) for r in range(world)]
 
-# %% ../nbs/11_distributed.ipynb 19
+# %% ../nbs/11_distributed.ipynb 21
 class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -77,12 +77,12 @@ class _ScaleGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         return grad * ctx.factor, None
 
-# %% ../nbs/11_distributed.ipynb 21
+# %% ../nbs/11_distributed.ipynb 23
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Identity in the forward pass; multiplies the gradient by `factor` in the backward pass."""
     return _ScaleGrad.apply(x, factor)
 
-# %% ../nbs/11_distributed.ipynb 25
+# %% ../nbs/11_distributed.ipynb 27
 def gather_rows(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """All processes' rows of `x` in rank order (shard sizes `sizes`); the gradient reaches the local shard, times world size."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -97,13 +97,13 @@ def gather_rows(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     parts[rank] = scale_grad(flat, world)
     return torch.cat(parts).reshape(sum(sizes), *x.shape[1:])
 
-# %% ../nbs/11_distributed.ipynb 28
+# %% ../nbs/11_distributed.ipynb 30
 def gather_embeddings(img: torch.Tensor, txt: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """All processes' embeddings in rank order; the gradient reaches this process's shard only (times world size)."""
     both = gather_rows(torch.cat([img, txt], dim=1), sizes)
     return both[:, :img.shape[1]], both[:, img.shape[1]:]
 
-# %% ../nbs/11_distributed.ipynb 32
+# %% ../nbs/11_distributed.ipynb 34
 def process_device(model: nn.Module, world: int) -> torch.device:
     """The model's device; under DDP on CUDA, this process's GPU (LOCAL_RANK), moving the model there."""
     device = next(model.parameters()).device
@@ -113,7 +113,7 @@ def process_device(model: nn.Module, world: int) -> torch.device:
             model.to(local); device = local
     return device
 
-# %% ../nbs/11_distributed.ipynb 35
+# %% ../nbs/11_distributed.ipynb 37
 def gather_rng(device: torch.device, world: int) -> list[dict]:
     """Every process's `rng_state`, in rank order (a collective call under DDP)."""
     state = rng_state(device)
@@ -123,11 +123,11 @@ def gather_rng(device: torch.device, world: int) -> list[dict]:
     dist.all_gather_object(states, state)
     return states
 
-# %% ../nbs/11_distributed.ipynb 39
+# %% ../nbs/11_distributed.ipynb 41
 def _plain_config(cfg: Config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.to_dict().items()}
 
-# %% ../nbs/11_distributed.ipynb 42
+# %% ../nbs/11_distributed.ipynb 44
 def save_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, epoch: int,
                     step: int = 0, scheduler=None, scaler=None, state: dict | None = None,
                     discriminator: nn.Module | None = None) -> Path:
@@ -142,14 +142,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimiz
         ck["scaler"] = scaler.state_dict()
     return atomic_torch_save({**ck, **(state or {})}, path)
 
-# %% ../nbs/11_distributed.ipynb 45
+# %% ../nbs/11_distributed.ipynb 47
 def remove_partial_saves(path: Path) -> None:
     """Delete the temporary files a process killed while saving `path` left next to it."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         log.warning(f"removing {tmp}, a partial save of {path.name} left by an interrupted run")
         tmp.unlink(missing_ok=True)
 
-# %% ../nbs/11_distributed.ipynb 48
+# %% ../nbs/11_distributed.ipynb 50
 def restore_checkpoint(ck: dict, model: nn.Module, opt: torch.optim.Optimizer | None = None,
                        scheduler=None, scaler=None, discriminator: nn.Module | None = None) -> dict:
     """Load a checkpoint dict's states into the objects given; returns it."""
@@ -159,13 +159,13 @@ def restore_checkpoint(ck: dict, model: nn.Module, opt: torch.optim.Optimizer | 
             obj.load_state_dict(ck[key])
     return ck
 
-# %% ../nbs/11_distributed.ipynb 51
+# %% ../nbs/11_distributed.ipynb 53
 def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer | None = None,
                     scheduler=None, scaler=None, discriminator: nn.Module | None = None) -> dict:
     """Load a checkpoint written by `save_checkpoint` into `model` (and `opt`, ...; weights only); returns it."""
     return restore_checkpoint(safe_torch_load(path), model, opt, scheduler, scaler, discriminator)
 
-# %% ../nbs/11_distributed.ipynb 55
+# %% ../nbs/11_distributed.ipynb 57
 RESUME_KEYS = ("seed", "batch_size", "epochs", "lr", "lr_backbone", "weight_decay", "warmup_frac", "loss",
                "margin", "trainable", "trainable_blocks", "adapter_blocks", "model_name", "image_size",
                "context_length", "use_sam", "num_seg", "da_epochs", "da_lr", "source_batch", "target_batch",
