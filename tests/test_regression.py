@@ -105,8 +105,8 @@ def fine_tune_run(root: Path, threads: int) -> dict:
     model = tiny_model(cfg)
     df = pd.concat([tiles(root, "toy", 6, 1.0), tiles(root, "dark", 4, 0.5)], ignore_index=True)
     bank = feature_bank(cfg, model, df, root / "cache", segments_of(df))
-    src = make_items(cfg, model, bank.subset(bank.select(domain="toy")))
-    tgt = make_items(cfg, model, bank.subset(bank.select(domain="dark")), seed_offset=1)
+    src = make_items(cfg, model, bank.select(domain="toy"))
+    tgt = make_items(cfg, model, bank.select(domain="dark"), seed_offset=1)
     probe, norms = head_probe(model), []
     hist = train(cfg, model, src, tgt, fine_tune=True, on_step=lambda s: norms.append(probe()))
     return dict(history=hist, norms=norms)

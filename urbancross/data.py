@@ -8,14 +8,12 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import stat
 import struct
 import unicodedata
 import warnings
-import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,13 +28,13 @@ from tqdm import tqdm
 from .core import atomic_write, get_logger
 
 # %% auto 0
-__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'FALLBACKS', 'COUNTRY_BOUNDS', 'IMAGE_SUFFIXES',
-           'validate_manifest', 'make_manifest', 'clip_caption', 'write_manifest', 'read_utf8', 'read_manifest',
-           'ImageLoadError', 'ImageTooLarge', 'path_problem', 'pixel_limit_enforced', 'too_many_pixels', 'upright',
-           'load_image', 'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
-           'duplicate_caption_report', 'LatLonBox', 'NameIndex', 'load_urbancross_country', 'unlisted_images',
-           'make_urbancross_fixture', 'load_karpathy_json', 'make_karpathy_fixture', 'image_overlap', 'ManifestDataset',
-           'caption_table', 'progress']
+__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'FALLBACKS', 'COUNTRY_BOUNDS', 'IMAGE_SUFFIXES', 'row_mask',
+           'Manifest', 'make_manifest', 'validate_manifest', 'clip_caption', 'clip_captions', 'warn_clipped',
+           'write_manifest', 'read_utf8', 'read_csv_checked', 'read_manifest', 'ImageLoadError', 'ImageTooLarge',
+           'path_problem', 'check_path', 'pixel_limit_enforced', 'too_many_pixels', 'upright', 'load_image',
+           'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
+           'duplicate_caption_report', 'LatLonBox', 'NameIndex', 'image_overlap', 'ManifestDataset', 'caption_table',
+           'progress']
 
 # %% ../nbs/01_data.ipynb 4
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "domain", "lat", "lon", "split", "tags"]
@@ -46,12 +44,63 @@ log = get_logger("urbancross.data")
 FALLBACKS: Counter = Counter()      # documented fallbacks taken in this process, by kind (see "Bad input at a glance")
 
 # %% ../nbs/01_data.ipynb 6
+def row_mask(domains: Iterable, splits: Iterable, domain: str | None = None, split: str | None = None) -> np.ndarray:
+    """Which rows are of `domain` and of `split` (None: any), as a boolean array."""
+    keep = [(domain is None or d == domain) and (split is None or s == split) for d, s in zip(domains, splits)]
+    return np.array(keep, dtype=bool)
+
+# %% ../nbs/01_data.ipynb 8
+class Manifest(pd.DataFrame):
+    """A manifest table that stays one through pandas operations, and answers like a `FeatureBank`."""
+    @property
+    def _constructor(self):
+        return Manifest
+
+    @property
+    def ids(self) -> list:
+        """The image ids, in row order."""
+        return list(self["image_id"])
+
+    @property
+    def texts(self) -> list[str]:
+        """Every caption, image after image (the order of `caption_table`)."""
+        return [c for caps in self["captions"] for c in caps]
+
+    def select(self, domain: str | None = None, split: str | None = None) -> Manifest:
+        """The rows of `domain` and `split` (None: any), in order, numbered from 0."""
+        return self[row_mask(self["domain"], self["split"], domain, split)].reset_index(drop=True)
+
+    def by_ids(self, ids: Iterable[str]) -> Manifest:
+        """The rows whose image id is in `ids`, in the manifest's own order, numbered from 0."""
+        return self[self["image_id"].isin(set(ids))].reset_index(drop=True)
+
+    def concat(self, other: Manifest) -> Manifest:
+        """These rows, then those of `other`, numbered from 0."""
+        return pd.concat([self, other], ignore_index=True)
+
+    def fingerprint(self) -> str:
+        """Hash of the image ids, paths and captions: what a stored training state was made from."""
+        data = [list(self["image_id"]), [str(p) for p in self["image_path"]], [list(c) for c in self["captions"]]]
+        return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:20]
+
+# %% ../nbs/01_data.ipynb 11
+def make_manifest(rows: Iterable[dict]) -> Manifest:
+    """A `Manifest` from row dicts (missing optional fields filled)."""
+    defaults = dict(lat=float("nan"), lon=float("nan"), tags="", split="train")
+    df = Manifest([{**defaults, **r} for r in rows], columns=MANIFEST_COLUMNS)
+    df["lat"] = df["lat"].astype(float); df["lon"] = df["lon"].astype(float)
+    df["tags"] = df["tags"].fillna("").astype(str)
+    return df
+
+# %% ../nbs/01_data.ipynb 14
 def _where(i: int, first_line: int | None) -> str:
     return f"row {i}" if first_line is None else f"line {i + first_line}"
 
+# %% ../nbs/01_data.ipynb 16
 def _bad_row(source: str, where: str, image_id: object, what: str) -> ValueError:
     return ValueError(f"{source}: {where} (image_id={image_id!r}): {what}")
 
+# %% ../nbs/01_data.ipynb 18
 def _check_unique_ids(ids: Sequence, source: str, first_line: int | None = None) -> None:
     """Raise `ValueError` naming every duplicated id and the rows (or lines) it is on."""
     rows: dict = {}
@@ -64,7 +113,7 @@ def _check_unique_ids(ids: Sequence, source: str, first_line: int | None = None)
         more = f" (and {len(dups) - 5} more duplicated ids)" if len(dups) > 5 else ""
         raise ValueError(f"{source}: duplicate image_id {shown}{more}; every image_id must be unique")
 
-# %% ../nbs/01_data.ipynb 7
+# %% ../nbs/01_data.ipynb 20
 def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None,
                       captions_required: bool = True) -> pd.DataFrame:
     """Check the manifest's columns and rows; raise `ValueError` naming `source` and the row (or line)."""
@@ -88,16 +137,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
                 raise _bad_row(source, where, r.image_id, f"{name}={v!r} is not a number")
     return df
 
-# %% ../nbs/01_data.ipynb 8
-def make_manifest(rows: Iterable[dict]) -> pd.DataFrame:
-    """A manifest DataFrame from row dicts (missing optional fields filled)."""
-    defaults = dict(lat=float("nan"), lon=float("nan"), tags="", split="train")
-    df = pd.DataFrame([{**defaults, **r} for r in rows], columns=MANIFEST_COLUMNS)
-    df["lat"] = df["lat"].astype(float); df["lon"] = df["lon"].astype(float)
-    df["tags"] = df["tags"].fillna("").astype(str)
-    return df
-
-# %% ../nbs/01_data.ipynb 11
+# %% ../nbs/01_data.ipynb 23
 def clip_caption(text: str, max_chars: int = MAX_CAPTION_CHARS) -> str:
     """`text` unchanged if it fits in `max_chars`, else cut at the last space before the limit."""
     if len(text) <= max_chars:
@@ -106,7 +146,8 @@ def clip_caption(text: str, max_chars: int = MAX_CAPTION_CHARS) -> str:
     space = cut.rfind(" ")
     return (cut[:space] if space >= max_chars // 2 else cut).rstrip()
 
-def _clip_captions(caps: list, where: str, clipped: list) -> list:
+# %% ../nbs/01_data.ipynb 26
+def clip_captions(caps: list, where: str, clipped: list) -> list:
     """`caps` with each string clipped; appends `(where, length)` to `clipped` for each one cut."""
     out = []
     for c in caps:
@@ -115,12 +156,14 @@ def _clip_captions(caps: list, where: str, clipped: list) -> list:
         out.append(c)
     return out
 
-def _warn_clipped(source: str | Path, clipped: list) -> None:
+# %% ../nbs/01_data.ipynb 28
+def warn_clipped(source: str | Path, clipped: list) -> None:
+    """One warning for the captions of `source` that `clip_captions` cut (none: no warning)."""
     if clipped:
         log.warning(f"{source}: {len(clipped)} caption(s) longer than {MAX_CAPTION_CHARS} characters truncated "
                     f"(first at {clipped[0][0]}, {clipped[0][1]} characters)")
 
-# %% ../nbs/01_data.ipynb 14
+# %% ../nbs/01_data.ipynb 31
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate and write `df` as CSV at `path` (atomic; paths made relative to its folder)."""
     path = Path(path)
@@ -134,7 +177,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         out.to_csv(f, index=False, lineterminator="\n")
     return path
 
-# %% ../nbs/01_data.ipynb 16
+# %% ../nbs/01_data.ipynb 34
 def read_utf8(path: str | Path) -> str:
     """The text of `path` as UTF-8 (BOM dropped); a bad byte is named by offset and line."""
     path = Path(path)
@@ -148,8 +191,10 @@ def read_utf8(path: str | Path) -> str:
                          f"{raw[e.start:e.start + 1]!r}, {e.reason}); re-save the file as UTF-8") from e
     return text[1:] if text.startswith("\ufeff") else text
 
-def _read_csv(path: Path, required: Sequence[str], complete: bool = False) -> pd.DataFrame:
-    """Read a UTF-8 CSV, naming the file on decoding errors, truncation or missing columns."""
+# %% ../nbs/01_data.ipynb 37
+def read_csv_checked(path: str | Path, required: Sequence[str], complete: bool = False) -> pd.DataFrame:
+    """Read a UTF-8 CSV as strings, naming the file on decoding errors, truncation or missing columns."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
     text = read_utf8(path)
@@ -169,31 +214,34 @@ def _read_csv(path: Path, required: Sequence[str], complete: bool = False) -> pd
         raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
     return df
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
+# %% ../nbs/01_data.ipynb 39
+def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest CSV written by `write_manifest`; errors name file lines."""
     path = Path(path)
-    df = _read_csv(path, MANIFEST_COLUMNS, complete=True)
+    df = read_csv_checked(path, MANIFEST_COLUMNS, complete=True)
     caps, clipped = [], []
     for i, s in enumerate(df["captions"]):
         try:
             c = json.loads(s)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {i + 2}: captions is not a JSON list: {s[:60]!r}") from e
-        caps.append(_clip_captions(c if isinstance(c, list) else [c], f"line {i + 2}", clipped))
-    _warn_clipped(path, clipped)
+        caps.append(clip_captions(c if isinstance(c, list) else [c], f"line {i + 2}", clipped))
+    warn_clipped(path, clipped)
     df["captions"] = caps
     df["image_path"] = [str((path.parent / p).resolve()) for p in df["image_path"]]
     for c in ("lat", "lon"):
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce").astype(float)
-    return validate_manifest(df, str(path), first_line=2)
+    return validate_manifest(Manifest(df), str(path), first_line=2)
 
-# %% ../nbs/01_data.ipynb 22
+# %% ../nbs/01_data.ipynb 45
 class ImageLoadError(ValueError):
     """An image path that is there but cannot be read or decoded (named in the message)."""
 
+# %% ../nbs/01_data.ipynb 47
 class ImageTooLarge(ImageLoadError):
     """An image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (a possible decompression bomb)."""
 
+# %% ../nbs/01_data.ipynb 49
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _CONVERSIONS = {"L": "gray copied to R, G, B", "1": "bilevel to 0/255 gray", "P": "palette looked up",
                 "RGBA": "alpha dropped", "LA": "alpha dropped, gray copied", "PA": "alpha dropped, palette looked up"}
@@ -208,6 +256,7 @@ def _stretch_to_8bit(im: Image.Image, path: Path) -> tuple[Image.Image, str]:
     arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
     return Image.fromarray(arr.astype(np.uint8)), f"stretched from [{lo:g}, {hi:g}] to [0, 255]"
 
+# %% ../nbs/01_data.ipynb 51
 def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
     """An 8-bit RGB copy of a loaded image, logging any conversion."""
     mode = im.mode
@@ -223,7 +272,7 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
             f"({how})" + (f"; later {mode!r} images are logged at DEBUG" if first else ""))
     return im.convert("RGB")
 
-# %% ../nbs/01_data.ipynb 23
+# %% ../nbs/01_data.ipynb 53
 def path_problem(path: str | Path) -> tuple[type, str] | None:
     """Why `path` is not a readable file, as (exception class, words to follow the path), or None if it is one."""
     path = Path(path)
@@ -242,13 +291,14 @@ def path_problem(path: str | Path) -> tuple[type, str] | None:
         return ImageLoadError, "is a folder, not an image file"
     return None
 
-def _check_path(path: Path, what: str) -> None:
+# %% ../nbs/01_data.ipynb 55
+def check_path(path: Path, what: str) -> None:
     """Raise the `path_problem` of `path`, if any, with `what` (the words before the path) in front."""
     if (problem := path_problem(path)) is not None:
         kind, why = problem
         raise kind(f"{what} {path} {why}")
 
-# %% ../nbs/01_data.ipynb 24
+# %% ../nbs/01_data.ipynb 57
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 @contextmanager
@@ -258,6 +308,7 @@ def pixel_limit_enforced() -> Iterator[None]:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
 
+# %% ../nbs/01_data.ipynb 59
 def too_many_pixels(what: str, e: Exception) -> ImageTooLarge:
     """The error for `what` (a file, or zip:member) that Pillow flagged in `e`: its pixels, the limit, how to raise it."""
     m, limit = _PILLOW_PIXELS.search(str(e)), Image.MAX_IMAGE_PIXELS
@@ -266,7 +317,7 @@ def too_many_pixels(what: str, e: Exception) -> ImageTooLarge:
                          f" = {limit:,}; if the image is genuine, raise the limit before loading it "
                          "(PIL.Image.MAX_IMAGE_PIXELS = n, or None to switch the check off)")
 
-# %% ../nbs/01_data.ipynb 25
+# %% ../nbs/01_data.ipynb 61
 _TURNS = {2: "mirrored left-right", 3: "turned 180°", 4: "mirrored top-bottom", 5: "transposed",
           6: "turned 90° clockwise", 7: "transversed", 8: "turned 90° counter-clockwise"}
 _logged_orientation: list = []
@@ -288,7 +339,7 @@ def upright(im: Image.Image, where: str) -> Image.Image:
             f"({im.width}x{im.height} -> {out.width}x{out.height})" + ("; later ones are logged at DEBUG" if first else ""))
     return out
 
-# %% ../nbs/01_data.ipynb 26
+# %% ../nbs/01_data.ipynb 63
 def _png_end_missing(path: Path) -> bool:
     """True if the PNG at `path` lacks a complete `IEND` chunk (name + CRC) in its last 4 KiB."""
     with open(path, "rb") as f:
@@ -297,6 +348,7 @@ def _png_end_missing(path: Path) -> bool:
     end = tail.rfind(b"IEND")
     return end < 0 or end + 8 > len(tail)
 
+# %% ../nbs/01_data.ipynb 65
 def _declared_zero_size(path: Path) -> str | None:
     """'WxH' if `path` is a PNG whose header declares a zero width or height (PIL refuses to open those)."""
     with open(path, "rb") as f:
@@ -306,10 +358,11 @@ def _declared_zero_size(path: Path) -> str | None:
         return f"{w}x{h}" if w == 0 or h == 0 else None
     return None
 
+# %% ../nbs/01_data.ipynb 67
 def load_image(path: str | Path) -> Image.Image:
     """Decode `path` to an 8-bit RGB PIL image; errors name the file."""
     path = Path(path)
-    _check_path(path, "image")
+    check_path(path, "image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"image {path} is an empty file (0 bytes)")
     pad_truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
@@ -338,7 +391,7 @@ def load_image(path: str | Path) -> Image.Image:
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = pad_truncated
 
-# %% ../nbs/01_data.ipynb 39
+# %% ../nbs/01_data.ipynb 80
 def make_splits(image_ids: Sequence[str], seed: int, fractions: tuple = (0.7, 0.1, 0.2)) -> dict[str, str]:
     """Map each id to 'train'/'val'/'test', deterministically from `seed`."""
     if abs(sum(fractions) - 1) > 1e-9:
@@ -351,6 +404,7 @@ def make_splits(image_ids: Sequence[str], seed: int, fractions: tuple = (0.7, 0.
         out[ids[j]] = "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
     return out
 
+# %% ../nbs/01_data.ipynb 82
 def write_split_lists(df: pd.DataFrame, folder: str | Path, name_col: str = "image_id") -> list[Path]:
     """Write `<split>_list.txt` files (upstream layout) for the manifest's splits."""
     written = []
@@ -361,7 +415,7 @@ def write_split_lists(df: pd.DataFrame, folder: str | Path, name_col: str = "ima
         written.append(p)
     return written
 
-# %% ../nbs/01_data.ipynb 42
+# %% ../nbs/01_data.ipynb 85
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -370,6 +424,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
             h.update(block)
     return h.hexdigest()
 
+# %% ../nbs/01_data.ipynb 87
 def write_checksums(files: Iterable[str | Path], out: str | Path) -> Path:
     """Write `sha256  relative/path` lines for `files` into `out` (paths relative to its folder)."""
     out = Path(out); base = out.parent.resolve()
@@ -378,6 +433,7 @@ def write_checksums(files: Iterable[str | Path], out: str | Path) -> Path:
         f.write("".join(lines))
     return out
 
+# %% ../nbs/01_data.ipynb 89
 def verify_checksums(sums: str | Path) -> int:
     """Check every file listed in a `SHA256SUMS` file; raise naming the first bad one. Returns the count."""
     sums = Path(sums); n = 0
@@ -393,7 +449,7 @@ def verify_checksums(sums: str | Path) -> int:
         n += 1
     return n
 
-# %% ../nbs/01_data.ipynb 45
+# %% ../nbs/01_data.ipynb 92
 def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
     """Captions (lower-cased, whitespace-normalised) that occur in more than one image."""
     rows = [(" ".join(c.lower().split()), r.image_id, r.domain) for r in df.itertuples() for c in r.captions]
@@ -402,7 +458,7 @@ def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
                                     domains=("domain", lambda s: sorted(set(s))))
     return g[g.n_images > 1].sort_values("n_images", ascending=False).reset_index()
 
-# %% ../nbs/01_data.ipynb 48
+# %% ../nbs/01_data.ipynb 95
 class LatLonBox(NamedTuple):
     """A latitude/longitude box in degrees: `lat` = (south, north), `lon` = (west, east)."""
     lat: tuple[float, float]
@@ -414,12 +470,13 @@ COUNTRY_BOUNDS: dict[str, LatLonBox] = {
     "spain": LatLonBox(lat=(36.0, 43.8), lon=(-9.3, 3.3)),
 }
 
-# %% ../nbs/01_data.ipynb 51
+# %% ../nbs/01_data.ipynb 98
 IMAGE_SUFFIXES = frozenset(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
 
 def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
+# %% ../nbs/01_data.ipynb 100
 def _files_under(folder: Path) -> list[str]:
     """Relative POSIX paths of the files under `folder`, sorted (hidden entries and `__MACOSX` skipped)."""
     out = []
@@ -429,6 +486,7 @@ def _files_under(folder: Path) -> list[str]:
         out += [(rel / f).as_posix() for f in files if not f.startswith(".")]
     return sorted(out)
 
+# %% ../nbs/01_data.ipynb 102
 class NameIndex:
     """The files under `folder`, found by relative name exactly or, failing that, after Unicode (NFC) normalisation."""
     def __init__(self, folder: str | Path):
@@ -467,197 +525,13 @@ class NameIndex:
             log.warning(f"{source}: {len(self.normalised)} image name(s) matched a file in {self.folder} only after "
                         f"Unicode normalisation (NFC/NFD): {shown}{more}")
 
-# %% ../nbs/01_data.ipynb 54
-def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
-    """Extract `zip_path` into `dest` once, atomically (a `.complete` marker says it finished)."""
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        import shutil; shutil.rmtree(tmp)
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            z.extractall(tmp)
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"{zip_path}: not a valid zip file ({e})") from e
-    inner = [p for p in tmp.iterdir()]
-    src = inner[0] if len(inner) == 1 and inner[0].is_dir() else tmp   # zips often hold one top folder
-    src.rename(dest) if not dest.exists() else None
-    (dest / ".complete").write_text(str(zip_path))
-    if tmp.exists():
-        import shutil; shutil.rmtree(tmp)
-    return dest
-
-# %% ../nbs/01_data.ipynb 55
-def _release_paths(root: str | Path, country: str) -> tuple[Path, Path]:
-    """(caption CSV, images folder) of one country of the release; `images.zip` is extracted once if need be."""
-    candidates = [Path(root) / country.capitalize(), Path(root) / country.lower()]
-    folder = next((c for c in candidates if c.exists()), None)
-    if folder is None:
-        raise FileNotFoundError(f"UrbanCross folder for {country!r} not found (tried {candidates[0]} and "
-                                f"{candidates[1]}); data/README.md says how to fetch the release")
-    images = folder / "images"
-    if not images.exists() and (folder / "images.zip").exists():
-        images = _extract_zip_once(folder / "images.zip", images)
-    return folder / f"instructblip_generation_{country.lower()}_refine.csv", images
-
-def _report_unlisted(index: NameIndex, csv: Path, country: str) -> None:
-    """One warning (and a count) for the image files of `index` that the CSV does not list."""
-    unlisted = index.unused()
-    if unlisted:
-        FALLBACKS["unlisted_image"] += len(unlisted)
-        log.warning(f"{index.folder}: {len(unlisted)} image file(s) are not listed in {csv.name} and are not in the "
-                    f"manifest ({', '.join(map(repr, unlisted[:5]))}{' ...' if len(unlisted) > 5 else ''}); "
-                    f"urbancross.data.unlisted_images(root, {country.lower()!r}) returns them as unlabeled target images")
-
-# %% ../nbs/01_data.ipynb 56
-def load_urbancross_country(root: str | Path, country: str, seed: int = 0,
-                            check_images: bool = True) -> pd.DataFrame:
-    """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
-    csv, images = _release_paths(root, country)
-    df = _read_csv(csv, ["image_name", "description"])
-    captions: dict[str, list[str]] = {}
-    extra: dict[str, dict] = {}
-    name_of_id: dict[str, tuple[str, int]] = {}
-    repeated, clipped = [], []
-    for i, r in enumerate(df.itertuples(index=False)):
-        line = i + 2
-        if not str(r.image_name).strip():
-            raise ValueError(f"{csv}: line {line}: empty image_name")
-        if not str(r.description).strip():
-            raise ValueError(f"{csv}: line {line} (image_name={r.image_name!r}): empty caption")
-        image_id = f"{country.lower()}/{Path(r.image_name).stem}"
-        first_name, first_line = name_of_id.setdefault(image_id, (r.image_name, line))
-        if first_name != r.image_name:
-            raise ValueError(f"{csv}: lines {first_line} and {line}: image_name {first_name!r} and {r.image_name!r} "
-                             f"give the same image_id {image_id!r}; rename one of the files")
-        cap = _clip_captions([str(r.description).strip()], f"line {line}", clipped)[0]
-        if cap in captions.get(r.image_name, []):
-            repeated.append(line); continue
-        captions.setdefault(r.image_name, []).append(cap)
-        extra.setdefault(r.image_name, {k: getattr(r, k) for k in ("lat", "lon", "tags") if k in df.columns})
-    _warn_clipped(csv, clipped)
-    if repeated:
-        log.warning(f"{csv}: {len(repeated)} row(s) repeat an earlier (image_name, caption) pair and were dropped "
-                    f"(lines {repeated[:10]}{' ...' if len(repeated) > 10 else ''})")
-    split_files = {s: csv.parent / f"{s}_list.txt" for s in SPLITS}
-    if all(p.exists() for p in split_files.values()):
-        split = {n.strip(): s for s, p in split_files.items() for n in p.read_text().splitlines() if n.strip()}
-    else:
-        split = make_splits(list(captions), seed)
-    index = NameIndex(images) if images.is_dir() else None
-    line_of = {n: l for n, l in name_of_id.values()}
-    rows = []
-    for name, caps in captions.items():
-        path = index.find(name) if index is not None else images / name
-        if check_images:
-            _check_path(path, f"{csv}: line {line_of[name]} (image_name={name!r}): image")
-        e = extra[name]
-        rows.append(dict(image_id=f"{country.lower()}/{Path(name).stem}", image_path=str(path), captions=caps,
-                         domain=country.lower(), split=split.get(name, "train"),
-                         lat=float(e["lat"]) if e.get("lat") not in (None, "") else float("nan"),
-                         lon=float(e["lon"]) if e.get("lon") not in (None, "") else float("nan"),
-                         tags=e.get("tags", "")))
-    if index is not None:
-        index.log_normalised(csv)
-        _report_unlisted(index, csv, country)
-    return validate_manifest(make_manifest(rows), str(csv))
-
-# %% ../nbs/01_data.ipynb 57
-def unlisted_images(root: str | Path, country: str) -> pd.DataFrame:
-    """The images of a release country's folder that its caption CSV does not list: a manifest with empty captions."""
-    csv, images = _release_paths(root, country)
-    if not images.is_dir():
-        raise FileNotFoundError(f"{images.parent}: no images/ folder or images.zip to look for unlisted images in")
-    names = list(dict.fromkeys(n for n in _read_csv(csv, ["image_name", "description"]).image_name if n.strip()))
-    index = NameIndex(images)
-    for n in names:
-        index.find(n)
-    domain = country.lower()
-    owner = {f"{domain}/{Path(n).stem}": f"listed {n!r}" for n in names}
-    rows = []
-    for rel in index.unused():
-        image_id = f"{domain}/{Path(rel).stem}"
-        if image_id in owner:
-            raise ValueError(f"{images}: unlisted image {rel!r} gives the image_id {image_id!r} of {owner[image_id]} "
-                             f"({csv.name}); rename one of the files")
-        owner[image_id] = f"unlisted {rel!r}"
-        rows.append(dict(image_id=image_id, image_path=str(images / rel), captions=[], domain=domain, split="train"))
-    log.info(f"{images}: {len(rows)} image(s) not listed in {csv.name}, offered as unlabeled target images")
-    return validate_manifest(make_manifest(rows), f"unlisted images of {images}", captions_required=False)
-
-# %% ../nbs/01_data.ipynb 59
-def make_urbancross_fixture(root: str | Path, country: str = "Finland", n: int = 4) -> Path:
-    """Write a tiny dataset in the UrbanCross release layout (for tests and examples)."""
-    folder = Path(root) / country; folder.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(folder / "images.zip", "w") as z:
-        for i in range(n):
-            p = folder / f"_tile{i}.png"
-            Image.new("RGB", (16, 16), (40 * i, 120, 80)).save(p)
-            z.write(p, f"images/tile{i}.png"); p.unlink()
-    pd.DataFrame({"image_name": [f"tile{i}.png" for i in range(n)] + ["tile0.png"],
-                  "description": [f"an area with {i} lakes and some houses" for i in range(n)] + ["a second caption"]}
-                 ).to_csv(folder / f"instructblip_generation_{country.lower()}_refine.csv", index=False)
-    return folder
-
-# %% ../nbs/01_data.ipynb 66
-def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: str, seed: int = 0,
-                       check_images: bool = True) -> pd.DataFrame:
-    """Manifest of an RSICD/RSITMD-style caption JSON."""
-    json_path, images_dir = Path(json_path), Path(images_dir)
-    if not json_path.exists():
-        raise FileNotFoundError(f"caption file not found: {json_path}")
-    try:
-        items = json.loads(json_path.read_text(encoding="utf-8"))["images"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{json_path}: not a caption JSON with an 'images' list: {e}") from e
-    fallback = make_splits([it.get("filename", "") for it in items], seed)
-    rows, clipped, seen, index = [], [], {}, None
-    for i, it in enumerate(items):
-        if "filename" not in it or "sentences" not in it:
-            raise ValueError(f"{json_path}: images[{i}] lacks 'filename' or 'sentences'")
-        if (j := seen.setdefault(Path(it["filename"]).stem, i)) != i:
-            raise ValueError(f"{json_path}: images[{j}] and images[{i}] ({it['filename']!r}) give the same "
-                             f"image_id {domain + '/' + Path(it['filename']).stem!r}")
-        caps = [(s.get("raw") or " ".join(s.get("tokens", []))).strip() for s in it["sentences"]]
-        if not caps or not all(caps):
-            raise ValueError(f"{json_path}: images[{i}] ({it['filename']!r}): empty caption")
-        caps = _clip_captions(caps, f"images[{i}]", clipped)
-        path = images_dir / it["filename"]
-        if not os.path.lexists(path) and images_dir.is_dir():        # maybe there in the other Unicode form
-            index = index or NameIndex(images_dir)
-            path = index.find(it["filename"])
-        if check_images:
-            _check_path(path, f"{json_path}: images[{i}]: image")
-        split = {"restval": "train"}.get(it.get("split"), it.get("split")) or fallback[it["filename"]]
-        rows.append(dict(image_id=f"{domain}/{Path(it['filename']).stem}", image_path=str(path), captions=caps,
-                         domain=domain, split=split))
-    _warn_clipped(json_path, clipped)
-    if index is not None:
-        index.log_normalised(json_path)
-    return validate_manifest(make_manifest(rows), str(json_path))
-
-# %% ../nbs/01_data.ipynb 67
-def make_karpathy_fixture(root: str | Path, name: str = "dataset_rsicd.json", n: int = 3) -> tuple[Path, Path]:
-    """Write a tiny RSICD/RSITMD-format dataset (for tests and examples)."""
-    root = Path(root); (root / "images").mkdir(parents=True, exist_ok=True)
-    items = []
-    for i in range(n):
-        Image.new("RGB", (12, 12), (10, 20 * i, 200)).save(root / "images" / f"airport_{i}.jpg")
-        items.append(dict(filename=f"airport_{i}.jpg", imgid=i, split=["train", "val", "test"][i % 3],
-                          sentences=[dict(raw=f"many planes are parked near {i} buildings .", tokens=[]) for _ in range(5)]))
-    items[0]["sentences"][1]["raw"] = "many buildings are in a dense residential area ."
-    items[1]["sentences"][1]["raw"] = "many buildings are in a dense residential area ."
-    (root / name).write_text(json.dumps({"images": items, "dataset": name}))
-    return root / name, root / "images"
-
-# %% ../nbs/01_data.ipynb 70
+# %% ../nbs/01_data.ipynb 105
 def _dhash(im: Image.Image) -> int:
     """64-bit difference hash of an image: 9x8 grayscale thumbnail, one bit per left-to-right brightening."""
     g = np.asarray(im.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     return int.from_bytes(np.packbits(g[:, 1:] > g[:, :-1]).tobytes(), "big")
 
+# %% ../nbs/01_data.ipynb 107
 def _image_hashes(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """(sha256 of the decoded pixels, dHash) of every image of a manifest, decoding one image at a time."""
     pixels, dhashes = [], []
@@ -667,7 +541,7 @@ def _image_hashes(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         dhashes.append(_dhash(Image.fromarray(arr)))
     return pixels, np.array(dhashes, dtype=np.uint64)
 
-# %% ../nbs/01_data.ipynb 71
+# %% ../nbs/01_data.ipynb 109
 def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.DataFrame:
     """Pairs of images of manifests `a` and `b` that are the same picture (identical pixels or dHash within `max_hamming` bits)."""
     if not 0 <= max_hamming <= 64:
@@ -686,7 +560,7 @@ def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.
     log.info(f"image_overlap: {len(a)} x {len(b)} images, {len(out)} pair(s) within {max_hamming} bits ({found})")
     return out.sort_values(["image_id_a", "image_id_b"], ignore_index=True)
 
-# %% ../nbs/01_data.ipynb 74
+# %% ../nbs/01_data.ipynb 112
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
     def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = False):
@@ -706,7 +580,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         caps = self.df.captions[i]
         return self.transform(self.image(i)), caps[int(self.rng.integers(len(caps)))], i
 
-# %% ../nbs/01_data.ipynb 75
+# %% ../nbs/01_data.ipynb 114
 def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """All captions of a manifest and, for each, the row index of its image."""
     texts, owner = [], []
@@ -714,7 +588,7 @@ def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
         texts += list(caps); owner += [i] * len(caps)
     return texts, torch.tensor(owner, dtype=torch.long)
 
-# %% ../nbs/01_data.ipynb 78
+# %% ../nbs/01_data.ipynb 117
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None, **kw) -> tqdm:
     """A tqdm bar over `iterable` on stderr; quiet when stderr is not a terminal or the env var CI is set."""
     kw.setdefault("disable", True if os.environ.get("CI") else None)

@@ -6,145 +6,35 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import nbformat
-import numpy as np
-import pandas as pd
+import torch
 
-from .core import PROFILES, Config, Registry, atomic_write, get_config, get_logger, git_sha, local_places, paths
-from .data import load_karpathy_json, load_urbancross_country, read_manifest
+from .core import PROFILES, Config, get_config, get_logger, paths
+from .datasets import KARPATHY, dataset_problems, readme_hint
+from .segments import _auto_segmenter
+from .towers import TOWERS, resolve_model_name, resolve_weights
 
 # %% auto 0
-__all__ = ['log', 'DATASETS', 'PATH_FIELDS', 'DATA_README', 'resolve_path', 'data_root', 'load_profile_data',
-           'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare', 'select', 'write_results',
-           'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters', 'run_notebook',
-           'run_all', 'reproduce', 'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
+__all__ = ['log', 'PATH_FIELDS', 'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters',
+           'run_notebook', 'run_all', 'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
 
-# %% ../nbs/14_experiment.ipynb 6
-def resolve_path(path: str | Path) -> Path:
-    """`path` if absolute; else under the working directory if it exists there, else under the project root."""
-    places = local_places(path)
-    return next((q for q in places if q.exists()), places[-1]).resolve()
-
-def data_root(cfg: Config) -> Path:
-    """Where the real datasets live: `cfg.data_root` (see `resolve_path`) or `data/raw`."""
-    return resolve_path(cfg.data_root) if cfg.data_root else paths()["data"] / "raw"
-
-DATASETS = Registry("dataset")
-
-@DATASETS.register("embedded")
-def _embedded(cfg: Config, root: Path) -> pd.DataFrame:
-    from urbancross.embedded import ensure_embedded, read_embedded
-    df = read_embedded(ensure_embedded(images_per_domain=cfg.images_per_domain, image_size=cfg.tile_size, seed=0,
-                                       fractions=cfg.embedded_split, workers=cfg.threads))
-    return df[df.domain.isin(cfg.domains)].reset_index(drop=True)
-
-@DATASETS.register("urbancross")
-def _urbancross(cfg: Config, root: Path) -> pd.DataFrame:
-    return pd.concat([load_urbancross_country(root, d, seed=cfg.seed) for d in cfg.domains], ignore_index=True)
-
-for _name, _file in (("rsicd", "dataset_rsicd.json"), ("rsitmd", "dataset_RSITMD.json")):
-    def _karpathy(cfg: Config, root: Path, _name=_name, _file=_file) -> pd.DataFrame:
-        return load_karpathy_json(root / _name.upper() / _file, root / _name.upper() / "images", _name, seed=cfg.seed)
-    DATASETS.register(_name, _karpathy)
-
-def load_profile_data(cfg: Config) -> pd.DataFrame:
-    """The manifest of `cfg.data_source` (a name in `DATASETS`) restricted to `cfg.domains` where they apply."""
-    return DATASETS.get(cfg.data_source)(cfg, data_root(cfg))
-
-# %% ../nbs/14_experiment.ipynb 10
-def release_segment_zips(cfg: Config, df: pd.DataFrame) -> dict[str, Path]:
-    """{domain: its release `image_segments.zip`} for the UrbanCross countries of `df` that ship one."""
-    if cfg.data_source != "urbancross":
-        return {}
-    root, out = data_root(cfg), {}
-    for d in sorted(set(df.domain)):
-        z = next((f / "image_segments.zip" for f in (root / d.capitalize(), root / d.lower())
-                  if (f / "image_segments.zip").is_file()), None)
-        if z is not None:
-            out[d] = z
-    return out
-
-def profile_segments(cfg: Config, df: pd.DataFrame, cache_root: str | Path | None = None) -> tuple:
-    """(`SegmentStore` of the first `cfg.num_seg_stored` segments of every image, read on access; cache stats)."""
-    from urbancross.segments import SegmentCache, SegmentStore, segment_config, segment_manifest, segmenter_from_config
-    root = Path(cache_root) if cache_root else paths()["cache"]
-    zips = release_segment_zips(cfg, df)
-    table, stats = segment_manifest(df, segmenter_from_config(cfg), SegmentCache(root / "segments"), cfg.num_seg_stored,
-                                    segment_config(cfg), release=zips, workers=cfg.segment_workers)
-    log.info(f"segments: {stats['images']} images, {stats.get('from_release', 0)} from release zips "
-             f"({', '.join(map(str, zips.values())) or 'none'}), {stats['hits']} cache hits, {stats['misses']} computed "
-             f"in {stats['seconds']:.1f} s")
-    return SegmentStore(table, cfg.num_seg_stored), stats
-
-def profile_bank(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None,
-                 segments: dict | None = None) -> tuple:
-    """(FeatureBank with segments, the model whose frozen trunks made it) for the manifest `df`."""
-    from urbancross.features import feature_bank
-    from urbancross.towers import build_model
-    root = Path(cache_root) if cache_root else paths()["cache"]
-    model = model if model is not None else build_model(cfg)
-    if segments is None:
-        segments, _ = profile_segments(cfg, df, root)
-    return feature_bank(cfg, model, df, root / "features", segments), model
-
-# %% ../nbs/14_experiment.ipynb 15
-def prepare(cfg: Config, df: pd.DataFrame, model=None, cache_root: str | Path | None = None,
-            segments: Mapping | None = None) -> tuple:
-    """(data for the training core: FeatureBank or manifest, segments, model) under `cfg`'s regime (`segments` reused if given)."""
-    from urbancross.towers import build_model
-    from urbancross.train import uses_features
-    root = Path(cache_root) if cache_root else paths()["cache"]
-    model = model if model is not None else build_model(cfg)
-    if segments is None:
-        segments, _ = profile_segments(cfg, df, root)
-    if uses_features(cfg):
-        bank, _ = profile_bank(cfg, df, model, root, segments)
-        return bank, segments, model
-    return df, segments, model
-
-def select(data, domain: str | None = None, split: str | None = None):
-    """The images of a domain and/or split of a manifest or a FeatureBank."""
-    from urbancross.features import FeatureBank
-    if isinstance(data, FeatureBank):
-        return data.subset(data.select(domain=domain, split=split))
-    keep = np.ones(len(data), bool)
-    if domain is not None:
-        keep &= (data.domain == domain).to_numpy()
-    if split is not None:
-        keep &= (data.split == split).to_numpy()
-    return data[keep].reset_index(drop=True)
-
-# %% ../nbs/14_experiment.ipynb 18
-def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
-                  results_dir: str | Path | None = None) -> pd.DataFrame:
-    """Write `results/<profile>/<name>.csv` with profile, seed and git SHA columns added; returns the table."""
-    df = pd.DataFrame(rows).copy()
-    for col, val in (("profile", cfg.profile), ("git_sha", git_sha())):
-        if col not in df.columns:
-            df[col] = val
-    if "seed" not in df.columns:
-        df["seed"] = cfg.seed
-    out = Path(results_dir) if results_dir else paths(profile=cfg.profile)["results"]
-    with atomic_write(out / f"{name}.csv") as f:
-        df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
-    return df
-
-# %% ../nbs/14_experiment.ipynb 21
+# %% ../nbs/14_experiment.ipynb 8
 def parameters_cells(nb_path: str | Path) -> list[int]:
     """Indices of the cells tagged `parameters` in a notebook."""
     nb = nbformat.read(nb_path, as_version=4)
     return [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
 
+# %% ../nbs/14_experiment.ipynb 10
 def experiment_notebooks(nbs_dir: str | Path | None = None) -> list[Path]:
     """Numbered notebooks from `20_` up that have a parameters cell, in run order."""
     nbs_dir = Path(nbs_dir) if nbs_dir else paths()["root"] / "nbs"
@@ -154,6 +44,7 @@ def experiment_notebooks(nbs_dir: str | Path | None = None) -> list[Path]:
             out.append(p)
     return out
 
+# %% ../nbs/14_experiment.ipynb 12
 def literal_parameters(nb_path: str | Path) -> dict:
     """The names and literal values of a notebook's parameters cell (error if not all literals)."""
     nb = nbformat.read(nb_path, as_version=4)
@@ -170,28 +61,29 @@ def literal_parameters(nb_path: str | Path) -> dict:
             raise ValueError(f"{nb_path}: parameter {node.targets[0].id} is not a literal") from e
     return out
 
-# %% ../nbs/14_experiment.ipynb 22
+# %% ../nbs/14_experiment.ipynb 14
 def notebook_parameters(nb: Path, params: dict) -> dict:
     """The entries of `params` that notebook `nb` declares in its parameters cell."""
     declared = literal_parameters(nb)
     return {k: v for k, v in params.items() if k in declared}
 
+# %% ../nbs/14_experiment.ipynb 16
 def _stream_kernel_log() -> None:
     """Let papermill's cell outputs reach this process's log (once), so a long notebook shows what it is doing."""
-    import logging
     pl = logging.getLogger("papermill")
     if not pl.handlers:
         h = logging.StreamHandler(sys.stdout)
         h.setFormatter(logging.Formatter("    | %(message)s"))
         pl.addHandler(h); pl.setLevel(logging.INFO); pl.propagate = False
 
+# %% ../nbs/14_experiment.ipynb 18
 def run_notebook(nb: Path, out_path: Path, profile: str, overrides: dict | None = None, params: dict | None = None,
                  log_output: bool = True) -> None:
     """Execute one experiment notebook with papermill (what each job of a run does); the executed copy goes to `out_path`.
 
     The kernel's output is streamed to this process's stdout as it runs (`log_output`), with papermill's
     cell progress bar when stderr is a terminal."""
-    import papermill as pm
+    import papermill as pm                  # heavy and optional (the run side's Jupyter stack): loaded when a notebook runs
     if log_output:
         _stream_kernel_log()
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -199,11 +91,12 @@ def run_notebook(nb: Path, out_path: Path, profile: str, overrides: dict | None 
                         cwd=str(Path(nb).parent), kernel_name="python3", log_output=log_output,
                         progress_bar=sys.stderr.isatty() and not os.environ.get("CI"))
 
+# %% ../nbs/14_experiment.ipynb 20
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
             out_dir: str | Path | None = None, overrides: dict | None = None, params: dict | None = None,
             log_output: bool = True) -> list[dict]:
     """Run experiment notebooks in order with papermill; stop at the first failure."""
-    import papermill as pm
+    import papermill as pm                  # heavy and optional (the run side's Jupyter stack): loaded when notebooks run
     nbs = [Path(n) for n in notebooks] if notebooks else experiment_notebooks()
     out_dir = Path(out_dir) if out_dir else paths(profile=profile)["outputs"]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,12 +118,7 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
     print(f"all {len(nbs)} notebooks done in {time.time() - t_all:.0f} s (profile={profile})", flush=True)
     return done
 
-def reproduce(profile: str = "smoke", cores: int | None = None, dry_run: bool = False, settings: Sequence[str] = (),
-              params: Sequence[str] = (), only: Sequence[str] = (), **kw) -> int:
-    """The workflow run of `profile` (Snakemake; see `14b_workflow.reproduce`): exit status."""
-    from urbancross.workflow import reproduce as _reproduce
-    return _reproduce(profile, cores, dry_run, settings, params, only, **kw)
-
+# %% ../nbs/14_experiment.ipynb 25
 def parse_settings(items: Sequence[str]) -> dict:
     """`["key=value", ...]` as typed `Config` overrides; unknown keys and ill-typed values are errors."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -251,6 +139,7 @@ def parse_settings(items: Sequence[str]) -> dict:
         out[key] = tuple(value) if isinstance(default, tuple) else (float(value) if isinstance(default, float) else value)
     return out
 
+# %% ../nbs/14_experiment.ipynb 28
 def parse_params(items: Sequence[str], notebooks: Sequence[Path]) -> dict:
     """`["name=literal", ...]` as notebook parameters; a name no notebook declares is an error."""
     declared = {k: type(v) for nb in notebooks for k, v in literal_parameters(nb).items()}
@@ -269,9 +158,8 @@ def parse_params(items: Sequence[str], notebooks: Sequence[Path]) -> dict:
             raise ValueError(f"--param {key}={raw!r}: expected a {declared[key].__name__} literal")
     return out
 
-# %% ../nbs/14_experiment.ipynb 24
+# %% ../nbs/14_experiment.ipynb 31
 PATH_FIELDS = ("data_root", "sam_checkpoint", "pretrained", "lmm_model")
-DATA_README = "data/README.md"
 
 def resolve_settings(overrides: dict) -> dict:
     """`overrides` with relative paths that exist under the working directory made absolute."""
@@ -282,37 +170,14 @@ def resolve_settings(overrides: dict) -> dict:
             out[key] = str((Path.cwd() / v).resolve())
     return out
 
+# %% ../nbs/14_experiment.ipynb 33
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
-def _missing(what: str, section: str) -> str:
-    return f"{what} (see {DATA_README}, section '{section}')"
-
-def _data_problems(cfg: Config, source: str) -> list[str]:
-    root, out = data_root(cfg), []
-    if source == "urbancross":
-        for d in cfg.domains:
-            folder = next((f for f in (root / d.capitalize(), root / d.lower()) if f.is_dir()), None)
-            if folder is None:
-                out.append(_missing(f"UrbanCross folder {root / d.capitalize()} does not exist", "Real datasets (paper profile)"))
-                continue
-            csv = folder / f"instructblip_generation_{d.lower()}_refine.csv"
-            if not csv.is_file():
-                out.append(_missing(f"{csv} does not exist", "Real datasets (paper profile)"))
-            if not ((folder / "images.zip").is_file() or (folder / "images").is_dir()):
-                out.append(_missing(f"{folder} has neither images.zip nor images/", "Real datasets (paper profile)"))
-    elif source in ("rsicd", "rsitmd"):
-        folder, name = root / source.upper(), {"rsicd": "dataset_rsicd.json", "rsitmd": "dataset_RSITMD.json"}[source]
-        for p, kind in ((folder / name, "file"), (folder / "images", "folder")):
-            if not (p.is_file() if kind == "file" else p.is_dir()):
-                out.append(_missing(f"{source.upper()} {kind} {p} does not exist", "Real datasets (paper profile)"))
-    elif source not in DATASETS:
-        out.append(f"data_source={source!r} is not a dataset; choose one of {sorted(DATASETS)}")
-    return out
-
+# %% ../nbs/14_experiment.ipynb 35
 def _weights_problems(cfg: Config) -> list[str]:
-    import open_clip
-    from urbancross.towers import TOWERS, resolve_model_name, resolve_weights
+    """What the CLIP weights of `cfg` lack: a file, an open_clip tag, or (offline) the Hugging Face cache."""
+    import open_clip                        # heavy: the model zoo's registry, read when the check runs
     try:
         pre = resolve_weights(cfg.pretrained)
     except FileNotFoundError as e:
@@ -327,45 +192,46 @@ def _weights_problems(cfg: Config) -> list[str]:
         tags = [t for m, t in open_clip.list_pretrained() if m == name]
         return [f"pretrained={pre!r} is not an open_clip tag of {name} (tags: {tags}) nor an existing file"]
     if _hub_offline() and hub:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache          # heavy and optional: only to look in the hub's cache
         repo = hub.strip("/")
         if not any(isinstance(try_to_load_from_cache(repo, f), str)
                    for f in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")):
-            return [_missing(f"CLIP weights {name}/{pre} are not in the Hugging Face cache and HF_HUB_OFFLINE is set "
+            return [readme_hint(f"CLIP weights {name}/{pre} are not in the Hugging Face cache and HF_HUB_OFFLINE is set "
                              f"(fetch them online once, or pass a file with --set pretrained=...)", "CLIP (open_clip)")]
     return []
 
+# %% ../nbs/14_experiment.ipynb 37
 def _model_problems(cfg: Config) -> list[str]:
-    from urbancross.segments import _auto_segmenter
+    """What the segmenter, the LMM and the device of `cfg` lack."""
     out = []
     if cfg.use_sam and cfg.segmenter == "sam":
         kind, found, why = _auto_segmenter(cfg.sam_checkpoint or None)
         if kind != "sam":
-            out.append(_missing(f"segmenter='sam' but {why}", "SAM"))
+            out.append(readme_hint(f"segmenter='sam' but {why}", "SAM"))
     if cfg.lmm_model:
         local = Path(cfg.lmm_model).expanduser()
         if cfg.lmm_model.startswith((".", "/", "~")) or local.exists():
             if not (local / "config.json").is_file():
-                out.append(_missing(f"lmm_model folder {local} has no config.json", "InstructBLIP"))
+                out.append(readme_hint(f"lmm_model folder {local} has no config.json", "InstructBLIP"))
         elif _hub_offline():
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache      # heavy and optional: only to look in the hub's cache
             if not isinstance(try_to_load_from_cache(cfg.lmm_model, "config.json"), str):
-                out.append(_missing(f"LMM {cfg.lmm_model!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
+                out.append(readme_hint(f"LMM {cfg.lmm_model!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set",
                                     "InstructBLIP"))
     if cfg.device.startswith("cuda"):
-        import torch
         if not torch.cuda.is_available():
             out.append(f"device={cfg.device!r} but no CUDA device is available (use --set device=cpu for a CPU run)")
     return out
 
+# %% ../nbs/14_experiment.ipynb 39
 def preflight(cfg: Config, notebooks: Sequence[str | Path] = ()) -> list[str]:
     """What a run of `notebooks` under `cfg` needs and does not find; each entry names where to fetch it."""
-    out = _data_problems(cfg, cfg.data_source)
+    out = dataset_problems(cfg)
     if cfg.profile != "smoke" and any("rs_benchmarks" in Path(n).stem for n in notebooks):
-        out += [p for s in ("rsicd", "rsitmd") if s != cfg.data_source for p in _data_problems(cfg, s)]
+        out += [p for s in KARPATHY if s != cfg.data_source for p in dataset_problems(cfg, s)]
     return out + _weights_problems(cfg) + _model_problems(cfg)
 
-# %% ../nbs/14_experiment.ipynb 25
+# %% ../nbs/14_experiment.ipynb 45
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: `python -m urbancross.experiment --profile paper [--only NAME ...] [--set key=value ...] [--param name=value ...]`."""
     ap = argparse.ArgumentParser(description="Run every UrbanCross experiment notebook with papermill.")

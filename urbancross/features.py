@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,25 +16,28 @@ import torch
 from PIL import Image
 
 from .core import Config, atomic_torch_save, get_logger, safe_torch_load
-from .data import caption_table, load_image, progress, sha256_file
+from .data import Manifest, caption_table, load_image, progress, row_mask, sha256_file
+from .segments import SegmentStore
 from .towers import RetrievalModel
 
 # %% auto 0
-__all__ = ['log', 'image_trunk_features', 'segment_trunk_features', 'text_tower_features', 'FeatureBank', 'trunk_fingerprint',
-           'image_key', 'segment_fingerprint', 'text_key', 'stream_segment_features', 'compute_image_features',
-           'compute_text_features', 'cached_features', 'feature_bank']
+__all__ = ['log', 'Rows', 'image_trunk_features', 'segment_trunk_features', 'text_tower_features', 'FeatureBank',
+           'trunk_fingerprint', 'segment_fingerprint', 'image_key', 'text_key', 'stream_segment_features',
+           'compute_image_features', 'compute_text_features', 'cached_features', 'feature_bank']
 
 # %% ../nbs/10_features.ipynb 4
 log = get_logger("urbancross.features")
 
-# %% ../nbs/10_features.ipynb 6
+# %% ../nbs/10_features.ipynb 8
 def _conv_layout(x: torch.Tensor) -> torch.Tensor:
     """Images in channels-last layout: the same values, ~1.5x faster through CPU convolution trunks."""
     return x.contiguous(memory_format=torch.channels_last)
 
+# %% ../nbs/10_features.ipynb 10
 def _pil(im) -> Image.Image:
     return im if isinstance(im, Image.Image) else load_image(im)
 
+# %% ../nbs/10_features.ipynb 12
 @torch.no_grad()
 def image_trunk_features(model: RetrievalModel, images: Sequence, views: int = 1, batch_size: int = 64) -> torch.Tensor:
     """Trunk features `[N, views, D]` of images (PIL or paths) rotated by k·90° for k < views."""
@@ -47,6 +50,7 @@ def image_trunk_features(model: RetrievalModel, images: Sequence, views: int = 1
         chunks.append(torch.stack(per_view, 1).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
+# %% ../nbs/10_features.ipynb 14
 @torch.no_grad()
 def segment_trunk_features(model: RetrievalModel, crops: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
     """Segment-trunk features `[N, D]` of uint8 crops `[S, S, 3]` (resized to the model's input)."""
@@ -57,6 +61,7 @@ def segment_trunk_features(model: RetrievalModel, crops: Sequence[np.ndarray], b
         chunks.append(model.segment_features(_conv_layout(x.to(model.device))).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
+# %% ../nbs/10_features.ipynb 16
 @torch.no_grad()
 def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Pooled text-trunk features `[M, D]` (before the projection); each distinct text is encoded once."""
@@ -69,10 +74,10 @@ def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size:
     row = {t: i for i, t in enumerate(unique)}
     return torch.cat(chunks)[torch.tensor([row[t] for t in texts], dtype=torch.long)]
 
-# %% ../nbs/10_features.ipynb 11
+# %% ../nbs/10_features.ipynb 21
 @dataclass
 class FeatureBank:
-    """Frozen-tower features of one manifest: images (with views), segments, captions."""
+    """Frozen-tower features of one manifest: images (with views), segments, captions; it answers like a `Manifest`."""
     image_ids: list
     domains: list
     splits: list
@@ -86,33 +91,74 @@ class FeatureBank:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def select(self, domain: str | None = None, split: str | None = None) -> np.ndarray:
-        """Indices of the images of a domain and/or split."""
-        keep = [(domain is None or d == domain) and (split is None or s == split)
-                for d, s in zip(self.domains, self.splits)]
-        return np.flatnonzero(keep)
+    @property
+    def ids(self) -> list:
+        """The image ids, in row order."""
+        return list(self.image_ids)
 
-    def subset(self, idx: Sequence[int]) -> "FeatureBank":
-        """The bank restricted to images `idx` (captions follow their images)."""
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        remap = torch.full((len(self),), -1, dtype=torch.long)
-        remap[idx] = torch.arange(len(idx))
-        keep = remap[self.text_owner] >= 0
-        seg = None if self.segments is None else self.segments[idx]
-        valid = None if self.segment_valid is None else self.segment_valid[idx]
-        return FeatureBank([self.image_ids[i] for i in idx], [self.domains[i] for i in idx],
-                           [self.splits[i] for i in idx], self.images[idx],
-                           [t for t, k in zip(self.texts, keep.tolist()) if k], self.text_features[keep],
-                           remap[self.text_owner[keep]], seg, valid)
+    def select(self, domain: str | None = None, split: str | None = None) -> FeatureBank:
+        """The images of `domain` and `split` (None: any), in order, with their captions."""
+        return _take(self, np.flatnonzero(row_mask(self.domains, self.splits, domain, split)))
+
+    def by_ids(self, ids: Iterable[str]) -> FeatureBank:
+        """The images whose id is in `ids`, in the bank's own order, with their captions."""
+        keep = set(ids)
+        return _take(self, [i for i, x in enumerate(self.image_ids) if x in keep])
+
+    def concat(self, other: FeatureBank) -> FeatureBank:
+        """These images and captions, then those of `other`."""
+        return _concat_banks(self, other)
+
+    def fingerprint(self) -> str:
+        """Hash of the image ids, captions and feature sums: what a stored training state was made from."""
+        return _bank_fingerprint(self)
 
     def to_dict(self) -> dict:
         """Plain types only, so it loads back with `weights_only=True`."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
-# %% ../nbs/10_features.ipynb 13
+# %% ../nbs/10_features.ipynb 24
+def _take(bank: FeatureBank, idx: Sequence[int]) -> FeatureBank:
+    """The bank restricted to images `idx` (captions follow their images)."""
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    remap = torch.full((len(bank),), -1, dtype=torch.long)
+    remap[idx] = torch.arange(len(idx))
+    keep = remap[bank.text_owner] >= 0
+    seg = None if bank.segments is None else bank.segments[idx]
+    valid = None if bank.segment_valid is None else bank.segment_valid[idx]
+    return FeatureBank([bank.image_ids[i] for i in idx], [bank.domains[i] for i in idx],
+                       [bank.splits[i] for i in idx], bank.images[idx],
+                       [t for t, k in zip(bank.texts, keep.tolist()) if k], bank.text_features[keep],
+                       remap[bank.text_owner[keep]], seg, valid)
+
+# %% ../nbs/10_features.ipynb 26
+def _concat_banks(a: FeatureBank, b: FeatureBank) -> FeatureBank:
+    """The images and captions of `a`, then those of `b` (whose caption owners move up by `len(a)`)."""
+    return FeatureBank(a.image_ids + b.image_ids, a.domains + b.domains, a.splits + b.splits,
+                       torch.cat([a.images, b.images]), a.texts + b.texts, torch.cat([a.text_features, b.text_features]),
+                       torch.cat([a.text_owner, b.text_owner + len(a)]),
+                       None if a.segments is None else torch.cat([a.segments, b.segments]),
+                       None if a.segment_valid is None else torch.cat([a.segment_valid, b.segment_valid]))
+
+# %% ../nbs/10_features.ipynb 29
+def _bank_fingerprint(bank: FeatureBank) -> str:
+    """Hash of a bank's image ids and captions and the shape and sums of its image, text and segment features."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(bank.image_ids), bank.texts]).encode())
+    for t in (bank.images, bank.text_features, bank.segments):
+        if t is not None:
+            q = t.double()
+            h.update(f"{tuple(t.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
+    return h.hexdigest()[:20]
+
+# %% ../nbs/10_features.ipynb 32
+Rows = Manifest | FeatureBank      # rows of images: a manifest (pixels) or a bank of their cached trunk features
+
+# %% ../nbs/10_features.ipynb 37
 def _hasher(*settings) -> "hashlib._Hash":
     return hashlib.sha256(json.dumps(list(settings)).encode())
 
+# %% ../nbs/10_features.ipynb 39
 @torch.no_grad()
 def trunk_fingerprint(model: RetrievalModel) -> str:
     """Hash of every trunk tensor's name, shape and sums: a trunk trained since differs."""
@@ -123,19 +169,10 @@ def trunk_fingerprint(model: RetrievalModel) -> str:
             h.update(f"{n}|{tuple(p.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
     return h.hexdigest()[:16]
 
-def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, trunk: str = "") -> str:
-    """Hash of the image-tower settings and trunk, image ids and contents, and segment crops of a manifest."""
-    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views, cfg.segment_tower, cfg.num_seg, trunk)
-    for row in df.itertuples():
-        h.update(f"{row.image_id}|{sha256_file(row.image_path)}".encode())
-        if segments is not None:
-            h.update(segment_fingerprint(segments, row.image_id, cfg.num_seg))
-    return h.hexdigest()[:20]
-
+# %% ../nbs/10_features.ipynb 41
 def segment_fingerprint(segments: Mapping, image_id: str, num_seg: int) -> bytes:
     """What identifies an image's segments in the image key: a segment cache entry's stored checksum
     (verified when the crops are read), else the bytes of the first `num_seg` crops and flags."""
-    from urbancross.segments import SegmentStore
     if isinstance(segments, SegmentStore) and image_id in segments:
         path, _ = segments.entries[image_id]
         try:
@@ -146,6 +183,17 @@ def segment_fingerprint(segments: Mapping, image_id: str, num_seg: int) -> bytes
     crops, valid = segments[image_id]
     return np.ascontiguousarray(crops[:num_seg]).tobytes() + np.asarray(valid[:num_seg], bool).tobytes()
 
+# %% ../nbs/10_features.ipynb 43
+def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, trunk: str = "") -> str:
+    """Hash of the image-tower settings and trunk, image ids and contents, and segment crops of a manifest."""
+    h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views, cfg.segment_tower, cfg.num_seg, trunk)
+    for row in df.itertuples():
+        h.update(f"{row.image_id}|{sha256_file(row.image_path)}".encode())
+        if segments is not None:
+            h.update(segment_fingerprint(segments, row.image_id, cfg.num_seg))
+    return h.hexdigest()[:20]
+
+# %% ../nbs/10_features.ipynb 45
 def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
     """Hash of the text-tower settings and trunk and the image ids and captions of a manifest."""
     h = _hasher("texts", cfg.model_name, cfg.pretrained, cfg.context_length, trunk)
@@ -153,7 +201,7 @@ def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
         h.update(f"{row.image_id}|{json.dumps(list(row.captions))}".encode())
     return h.hexdigest()[:20]
 
-# %% ../nbs/10_features.ipynb 14
+# %% ../nbs/10_features.ipynb 48
 def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids: Sequence,
                             batch_size: int = 64, num_seg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment-trunk features `[N, K, D]` and validity `[N, K]` of each image's first `num_seg` crops (default all), streamed."""
@@ -174,6 +222,7 @@ def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids:
         return torch.zeros(0, 0, 0), torch.zeros(0, 0, dtype=torch.bool)
     return torch.cat(feats).reshape(len(valid), k, -1), torch.tensor(np.stack(valid))
 
+# %% ../nbs/10_features.ipynb 50
 def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
                            segments: Mapping | None = None, batch_size: int = 64) -> dict:
     """Frozen image-tower features of every image (cfg.views rotations) and segment crop of `df`."""
@@ -184,11 +233,13 @@ def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
                                                                         cfg.num_seg)
     return out
 
+# %% ../nbs/10_features.ipynb 52
 def compute_text_features(model: RetrievalModel, df: pd.DataFrame) -> dict:
     """Frozen text-tower features of every caption of `df`, with the index of each caption's image."""
     texts, owner = caption_table(df)
     return dict(texts=texts, text_features=text_tower_features(model, texts), text_owner=owner)
 
+# %% ../nbs/10_features.ipynb 54
 def cached_features(path: Path, compute: Callable[[], dict], what: str) -> dict:
     """The dict of tensors stored at `path`, or `compute()` written there atomically on a miss."""
     if path.exists():
@@ -204,6 +255,7 @@ def cached_features(path: Path, compute: Callable[[], dict], what: str) -> dict:
     log.info(f"feature bank: computed {what} in {time.time() - t0:.1f} s -> {path.name}")
     return out
 
+# %% ../nbs/10_features.ipynb 57
 def feature_bank(cfg: Config, model: RetrievalModel, df: pd.DataFrame, cache_dir: str | Path,
                  segments: Mapping | None = None) -> FeatureBank:
     """The bank of `df`: image and text parts each read from `cache_dir`, or computed and cached."""

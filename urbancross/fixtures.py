@@ -20,7 +20,11 @@ import torch
 from PIL import Image
 
 from .core import atomic_torch_save, atomic_write, get_config, get_logger
+from .datasets import KARPATHY, release_csv
 from .embedded import generate_tile
+from .refine import tiny_instructblip
+from .segments import build_tiny_sam
+from .towers import TOWERS
 
 # %% auto 0
 __all__ = ['log', 'COUNTRIES', 'write_release_fixture', 'write_karpathy_fixture', 'write_tiny_weights']
@@ -36,12 +40,14 @@ def _jpeg(im: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO(); im.convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
+# %% ../nbs/16_fixtures.ipynb 8
 def _zip_add(z: zipfile.ZipFile, name: str, data: bytes = b"") -> None:
     """Add a member (a folder when `name` ends with '/') with the fixed timestamp."""
     info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
     info.external_attr = (0o40755 << 16 | 0x10) if name.endswith("/") else 0o644 << 16
     z.writestr(info, data, compress_type=zipfile.ZIP_STORED)
 
+# %% ../nbs/16_fixtures.ipynb 10
 def _write_zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
     """Write a zip of `(name, bytes)` members atomically."""
     with atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w") as z:
@@ -49,7 +55,7 @@ def _write_zip(path: Path, members: list[tuple[str, bytes]]) -> Path:
             _zip_add(z, name, data)
     return path
 
-# %% ../nbs/16_fixtures.ipynb 9
+# %% ../nbs/16_fixtures.ipynb 13
 def _segment_members(stem: str, tile: Image.Image, rng: np.random.Generator) -> list[tuple[str, bytes]]:
     """Upstream-layout members of one image: 2-4 rectangle masks as white-outside full frames, and the overlay."""
     arr = np.asarray(tile.convert("RGB")); h, w = arr.shape[:2]
@@ -64,7 +70,7 @@ def _segment_members(stem: str, tile: Image.Image, rng: np.random.Generator) -> 
     members.insert(1, (f"image_segments/{stem}/{stem}.jpg", _jpeg(Image.fromarray(overlay.astype(np.uint8)))))
     return members
 
-# %% ../nbs/16_fixtures.ipynb 11
+# %% ../nbs/16_fixtures.ipynb 15
 def write_release_fixture(root: str | Path, images_per_domain: int = 12, image_size: int = 64, seed: int = 0,
                           segment_share: float = 0.5, captions_per_image: int = 2) -> dict:
     """Write Finland/, Germany/, Spain/ in the UrbanCross release layout under `root`; counts per country."""
@@ -77,7 +83,7 @@ def write_release_fixture(root: str | Path, images_per_domain: int = 12, image_s
         stems = [f"{domain}_{i:04d}" for i in range(images_per_domain)]
         _write_zip(folder / "images.zip", [("images/", b"")] + [(f"images/{s}.jpg", _jpeg(t[0])) for s, t in zip(stems, tiles)])
         rows = [dict(image_name=f"{s}.jpg", description=c) for s, t in zip(stems, tiles) for c in t[1][:captions_per_image]]
-        with atomic_write(folder / f"instructblip_generation_{domain}_refine.csv", "w", encoding="utf-8-sig") as f:
+        with atomic_write(release_csv(folder, domain), "w", encoding="utf-8-sig") as f:
             pd.DataFrame(rows, columns=["image_name", "description"]).to_csv(f, index=False, lineterminator="\n")
         rng = np.random.default_rng([seed, 7, k])
         chosen = sorted(rng.choice(images_per_domain, int(round(segment_share * images_per_domain)), replace=False).tolist())
@@ -89,16 +95,18 @@ def write_release_fixture(root: str | Path, images_per_domain: int = 12, image_s
                                                         f"{v['segmented']} with release segments" for d, v in out.items()))
     return out
 
-# %% ../nbs/16_fixtures.ipynb 17
+# %% ../nbs/16_fixtures.ipynb 22
 def _tokens(caption: str) -> list[str]:
     """Karpathy-style tokens: lower-case words without punctuation."""
     return re.findall(r"[a-z0-9]+", caption.lower())
 
+# %% ../nbs/16_fixtures.ipynb 24
 def _karpathy_item(filename: str, imgid: int, split: str, captions: list[str]) -> dict:
     """One `images[]` entry of a Karpathy caption JSON (sentence ids 5 * imgid + k)."""
     sents = [dict(raw=c, tokens=_tokens(c), imgid=imgid, sentid=5 * imgid + j) for j, c in enumerate(captions[:5])]
     return dict(filename=filename, imgid=imgid, split=split, sentids=[s["sentid"] for s in sents], sentences=sents)
 
+# %% ../nbs/16_fixtures.ipynb 26
 def _splits_with_test(names: list[str], forced_test: list[str], seed: int) -> dict[str, str]:
     """70/10/20 splits of `names` (rounded) in which every name of `forced_test` is a test image."""
     n = len(names); n_val = int(round(0.1 * n)); n_test = max(1, n - int(round(0.7 * n)) - n_val)
@@ -108,6 +116,7 @@ def _splits_with_test(names: list[str], forced_test: list[str], seed: int) -> di
     val = rest[max(0, n_test - len(forced_test)):][:n_val]
     return {x: "test" if x in test else ("val" if x in val else "train") for x in names}
 
+# %% ../nbs/16_fixtures.ipynb 28
 def _write_karpathy(folder: Path, json_name: str, dataset: str, items: list[tuple[str, bytes, str, list[str]]]) -> Path:
     """Write `folder/images/*` and `folder/<json_name>` from `(filename, jpeg bytes, split, captions)` items."""
     for name, data, _, _ in items:
@@ -118,7 +127,7 @@ def _write_karpathy(folder: Path, json_name: str, dataset: str, items: list[tupl
         json.dump(doc, f, ensure_ascii=False)
     return folder / json_name
 
-# %% ../nbs/16_fixtures.ipynb 19
+# %% ../nbs/16_fixtures.ipynb 30
 def write_karpathy_fixture(root: str | Path, images: int = 20, image_size: int = 64, overlap: int = 5, seed: int = 0) -> dict:
     """Write RSICD/ and RSITMD/ (Karpathy JSON + images) under `root`, RSITMD reusing `overlap` RSICD images."""
     if images < 10 or not 0 <= overlap <= images // 2:
@@ -150,8 +159,8 @@ def write_karpathy_fixture(root: str | Path, images: int = 20, image_size: int =
     forced = [n for _, n in pairs][:min(max(1, math.ceil(overlap / 2)), max(1, n_test // 2))] if overlap else []
     split_cd = _splits_with_test([n for n, _, _ in rsicd], [], seed)
     split_tmd = _splits_with_test([n for n, _, _ in itmd], forced, seed + 1)
-    _write_karpathy(root / "RSICD", "dataset_rsicd.json", "rsicd", [(n, d, split_cd[n], c) for n, d, c in rsicd])
-    _write_karpathy(root / "RSITMD", "dataset_RSITMD.json", "rsitmd", [(n, d, split_tmd[n], c) for n, d, c in itmd])
+    for name, items, split in (("rsicd", rsicd, split_cd), ("rsitmd", itmd, split_tmd)):
+        _write_karpathy(root / KARPATHY[name].folder, KARPATHY[name].json, name, [(n, d, split[n], c) for n, d, c in items])
     counts = lambda split: {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
     out = dict(root=str(root), rsicd=dict(images=len(rsicd), **counts(split_cd)), rsitmd=dict(images=len(itmd), **counts(split_tmd)),
                overlap=pairs, overlap_kind=kinds, overlap_in_rsitmd_test=sum(split_tmd[n] == "test" for _, n in pairs))
@@ -159,20 +168,18 @@ def write_karpathy_fixture(root: str | Path, images: int = 20, image_size: int =
              f"RSICD images ({out['overlap_in_rsitmd_test']} of them in RSITMD's test split)")
     return out
 
-# %% ../nbs/16_fixtures.ipynb 24
+# %% ../nbs/16_fixtures.ipynb 36
 def _tiny_clip_state(seed: int, image_size: int, context_length: int) -> dict:
     """State dict of a seeded, randomly initialised 'UC-TinyViT' open_clip model."""
-    from urbancross.towers import TOWERS
     cfg = get_config("smoke", model_name="UC-TinyViT", pretrained="", image_size=image_size, context_length=context_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clip, _, _ = TOWERS["UC-TinyViT"](cfg)
     return clip.state_dict()
 
+# %% ../nbs/16_fixtures.ipynb 39
 def write_tiny_weights(folder: str | Path, seed: int = 0, image_size: int = 32, context_length: int = 16) -> dict:
     """A tiny SAM checkpoint, tiny InstructBLIP folder and tiny CLIP state dict in `folder`; their paths."""
-    from urbancross.refine import tiny_instructblip
-    from urbancross.segments import build_tiny_sam
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     sam = atomic_torch_save(build_tiny_sam(seed=seed).state_dict(), folder / "sam_tiny.pth")
     lmm, tmp = folder / "instructblip_tiny", Path(tempfile.mkdtemp(dir=folder, prefix=".instructblip_tiny.tmp-"))

@@ -4,26 +4,24 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from .core import Config, atomic_torch_save, atomic_write, get_logger, paths, safe_torch_load, seed_everything
-from .features import FeatureBank
+from .features import Rows
 from .protocols import PROTOCOLS, domain_probe, load_run_state, run_protocol, run_state, target_parts
 from .train import make_items, train
 
 # %% auto 0
 __all__ = ['log', 'SMOKE_PROTOCOLS', 'grid_protocols', 'grid_seeds', 'Cell', 'slug', 'grid_cells', 'grid_dir', 'cell_path',
-           'source_path', 'target_path', 'data_fingerprint', 'state_key', 'plain', 'stored_state', 'GridContext',
-           'source_state', 'target_run', 'run_cell', 'read_cell', 'gather']
+           'source_path', 'target_path', 'state_key', 'plain', 'stored_state', 'GridContext', 'source_state',
+           'target_run', 'run_cell', 'read_cell', 'gather']
 
 # %% ../nbs/13b_grid.ipynb 3
 log = get_logger("urbancross.grid")
@@ -40,10 +38,12 @@ def grid_protocols(profile: str, protocols: Sequence[str] = ()) -> list[str]:
         raise ValueError(f"unknown protocols {unknown}; registered: {list(PROTOCOLS)}")
     return out
 
+# %% ../nbs/13b_grid.ipynb 8
 def grid_seeds(profile: str, seeds: Sequence[int] = ()) -> list[int]:
     """`seeds`, or the profile's (two for smoke, three otherwise) when empty."""
     return [int(s) for s in seeds] or ([0, 1] if profile == "smoke" else [0, 1, 2])
 
+# %% ../nbs/13b_grid.ipynb 10
 @dataclass(frozen=True)
 class Cell:
     """One run of the cross-domain grid."""
@@ -57,53 +57,50 @@ class Cell:
         """File-name form: `<source>-<target>__<protocol slug>__s<seed>`."""
         return f"{self.source}-{self.target}__{slug(self.protocol)}__s{self.seed}"
 
+# %% ../nbs/13b_grid.ipynb 13
 def slug(protocol: str) -> str:
     """A protocol name as a file-name part: lower case, runs of other characters as one `-`."""
     return re.sub(r"[^a-z0-9]+", "-", protocol.lower()).strip("-")
 
+# %% ../nbs/13b_grid.ipynb 15
 def grid_cells(domains: Sequence[str], protocols: Sequence[str], seeds: Sequence[int],
                sources: Sequence[str] = (), targets: Sequence[str] = ()) -> list[Cell]:
     """Every cell of the grid, seed-major then source, target, protocol (optionally restricted to some sources/targets)."""
     return [Cell(s, t, p, seed) for seed in seeds for s in domains for t in domains if s != t
             for p in protocols if (not sources or s in sources) and (not targets or t in targets)]
 
-# %% ../nbs/13b_grid.ipynb 9
+# %% ../nbs/13b_grid.ipynb 18
 def grid_dir(profile: str, root: str | Path | None = None) -> Path:
     """The grid's folder of a profile (default `outputs/<profile>/cross_domain`)."""
     return Path(root) if root else paths(profile=profile)["outputs"] / "cross_domain"
 
+# %% ../nbs/13b_grid.ipynb 20
 def cell_path(root: str | Path, cell: Cell) -> Path:
+    """The file of a cell's result."""
     return Path(root) / "cells" / f"{cell.name}.json"
 
+# %% ../nbs/13b_grid.ipynb 22
 def source_path(root: str | Path, source: str, seed: int) -> Path:
+    """The file of the source checkpoint of `(source, seed)`."""
     return Path(root) / "source" / f"{source}_s{seed}.pt"
 
+# %% ../nbs/13b_grid.ipynb 24
 def target_path(root: str | Path, target: str, protocol: str, seed: int) -> Path:
+    """The file of the run of a target-trained protocol on `(target, seed)`."""
     return Path(root) / "target" / f"{target}__{slug(protocol)}__s{seed}.pt"
 
-def data_fingerprint(data: pd.DataFrame | FeatureBank) -> str:
-    """Hash of what a run is trained on: image ids and, for a bank, sums of its features."""
-    h = hashlib.sha256()
-    if isinstance(data, FeatureBank):
-        h.update(json.dumps([list(data.image_ids), data.texts]).encode())
-        for t in (data.images, data.text_features, data.segments):
-            if t is not None:
-                q = t.double()
-                h.update(f"{tuple(t.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
-    else:
-        h.update(json.dumps([list(data.image_id), [str(p) for p in data.image_path], [list(c) for c in data.captions]]).encode())
-    return h.hexdigest()[:20]
-
-def state_key(cfg: Config, data: pd.DataFrame | FeatureBank, what: str) -> str:
+# %% ../nbs/13b_grid.ipynb 27
+def state_key(cfg: Config, data: Rows, what: str) -> str:
     """Key of a stored state: what it is, every `Config` field but the seed, and the data's fingerprint."""
     fields = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
-    return hashlib.sha256(json.dumps([what, fields, data_fingerprint(data)], default=str, sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps([what, fields, data.fingerprint()], default=str, sort_keys=True).encode()).hexdigest()[:20]
 
-# %% ../nbs/13b_grid.ipynb 12
+# %% ../nbs/13b_grid.ipynb 30
 def plain(obj):
     """`obj` with NumPy scalars as Python numbers, so that it loads with `weights_only=True` and writes as JSON."""
     return json.loads(json.dumps(obj, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
+# %% ../nbs/13b_grid.ipynb 32
 def stored_state(path: Path, key: str, make, what: str) -> dict:
     """The dict stored at `path` if its key is `key`; else `make()` (a dict) stored there with the key."""
     if path.exists():
@@ -119,24 +116,21 @@ def stored_state(path: Path, key: str, make, what: str) -> dict:
     atomic_torch_save(blob, path)
     return blob
 
-# %% ../nbs/13b_grid.ipynb 15
+# %% ../nbs/13b_grid.ipynb 35
 @dataclass
 class GridContext:
     """What the cells run in one process share."""
     cfg: Config
     model: torch.nn.Module
-    data: pd.DataFrame | FeatureBank
+    data: Rows                       # the profile's rows: a manifest or a feature bank
     segments: Mapping | None
     pretrained: dict
     root: Path
 
-    def select(self, domain: str, split: str | None = None):
-        from urbancross.experiment import select
-        return select(self.data, domain, split)
-
+# %% ../nbs/13b_grid.ipynb 37
 def source_state(ctx: GridContext, source: str, seed: int) -> dict:
     """The source checkpoint of `(source, seed)`: trained on the source's training split, or read back."""
-    c, src = ctx.cfg.replace(seed=seed), ctx.select(source, "train")
+    c, src = ctx.cfg.replace(seed=seed), ctx.data.select(source, "train")
     def make() -> dict:
         load_run_state(ctx.model, ctx.pretrained); seed_everything(seed)
         hist = train(c, ctx.model, make_items(c, ctx.model, src, ctx.segments))
@@ -144,10 +138,11 @@ def source_state(ctx: GridContext, source: str, seed: int) -> dict:
     return stored_state(source_path(ctx.root, source, seed), state_key(c, src, f"source {source}"), make,
                         f"source checkpoint {source} seed {seed}")["state"]
 
+# %% ../nbs/13b_grid.ipynb 39
 def target_run(ctx: GridContext, target: str, protocol: str, seed: int) -> dict:
     """The run of a target-trained protocol on `(target, seed)`: state, metrics, history and test hits."""
     c = ctx.cfg.replace(seed=seed)
-    tgt = ctx.select(target)
+    tgt = ctx.data.select(target)
     parts = target_parts(c, tgt, seed)
     def make() -> dict:
         seed_everything(seed)
@@ -158,11 +153,12 @@ def target_run(ctx: GridContext, target: str, protocol: str, seed: int) -> dict:
     return stored_state(target_path(ctx.root, target, protocol, seed), state_key(c, tgt, f"target {target} {protocol}"),
                         make, f"{protocol} on {target} seed {seed}")
 
+# %% ../nbs/13b_grid.ipynb 41
 def run_cell(ctx: GridContext, cell: Cell) -> dict:
     """Run one cell, write `cells/<cell>.json` atomically, and return its contents."""
     c, spec = ctx.cfg.replace(seed=cell.seed), PROTOCOLS.get(cell.protocol)
-    source = ctx.select(cell.source, "train")
-    parts = target_parts(c, ctx.select(cell.target), cell.seed)
+    source = ctx.data.select(cell.source, "train")
+    parts = target_parts(c, ctx.data.select(cell.target), cell.seed)
     if spec.train_on in ("target", "target-all"):
         run = target_run(ctx, cell.target, cell.protocol, cell.seed)
         load_run_state(ctx.model, run["state"])
@@ -183,7 +179,7 @@ def run_cell(ctx: GridContext, cell: Cell) -> dict:
     log.info(f"grid: {cell.name}: mR {row.get('mR', float('nan')):.2f} -> {path.name}")
     return out
 
-# %% ../nbs/13b_grid.ipynb 17
+# %% ../nbs/13b_grid.ipynb 44
 def read_cell(path: Path) -> dict:
     """One cell file, or an error naming it."""
     try:
@@ -193,6 +189,7 @@ def read_cell(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cell file {path} is not valid JSON ({e}); delete it and rerun its cell") from e
 
+# %% ../nbs/13b_grid.ipynb 46
 def gather(root: str | Path, cells: Sequence[Cell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, per-image hits, histories) of `cells`, each tagged with source, target, protocol and seed."""
     missing = [c.name for c in cells if not cell_path(root, c).exists()]

@@ -3,24 +3,21 @@
 # %% ../nbs/13_protocols.ipynb 2
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import pandas as pd
-import torch
 
 from .adversarial import domain_probe_accuracy
 from .core import Config, Registry, get_logger
 from .data import make_splits
-from .features import FeatureBank
+from .features import Rows
 from .train import evaluate_queries, gallery_embeddings, make_items, train, uses_features
 from .towers import RetrievalModel
 
 # %% auto 0
-__all__ = ['log', 'PROTOCOLS', 'Protocol', 'protocol_table', 'protocol_config', 'part', 'target_parts', 'domain_probe',
-           'run_state', 'load_run_state', 'run_protocol']
+__all__ = ['log', 'PROTOCOLS', 'Protocol', 'protocol_table', 'protocol_config', 'target_parts', 'domain_probe', 'run_state',
+           'load_run_state', 'run_protocol']
 
 # %% ../nbs/13_protocols.ipynb 4
 log = get_logger("urbancross.protocols")
@@ -38,6 +35,7 @@ class Protocol:
     curriculum: bool = False
     adversarial: bool = False
 
+# %% ../nbs/13_protocols.ipynb 9
 PROTOCOLS = Registry("protocol")
 PROTOCOLS.register("zero-shot transfer", Protocol("baseline", "none", "source checkpoint on the target, no fine-tuning"))
 PROTOCOLS.register("target-only (20 %)", Protocol("baseline", "target", "pretrained model trained on the 20 % slice only"))
@@ -54,48 +52,42 @@ for _fam, _caps in (("paper", True), ("unsupervised", False)):
 PROTOCOLS.register("paper: UrbanCross + slice captions in loss",
                    Protocol("paper", "source+target", "UrbanCross, and the slice's captions also in the retrieval loss", True, True, True, True, True))
 
+# %% ../nbs/13_protocols.ipynb 11
 def protocol_table() -> pd.DataFrame:
     """The registered protocols, one row each."""
     return pd.DataFrame([{"protocol": k, **asdict(v)} for k, v in PROTOCOLS.items()])
 
+# %% ../nbs/13_protocols.ipynb 13
 def protocol_config(cfg: Config, name: str) -> Config:
     """`cfg` with the switches of protocol `name`."""
     p = PROTOCOLS.get(name)
     return cfg.replace(select_source=p.select_source, curriculum=p.curriculum, adversarial=p.adversarial,
                        target_captions=p.target_captions, target_text_loss=p.target_text_loss)
 
-# %% ../nbs/13_protocols.ipynb 10
-def part(data: pd.DataFrame | FeatureBank, ids: Sequence[str]) -> pd.DataFrame | FeatureBank:
-    """The images `ids` of a manifest or feature bank, in the data's own order."""
-    keep = set(ids)
-    if isinstance(data, FeatureBank):
-        return data.subset([i for i, x in enumerate(data.image_ids) if x in keep])
-    return data[data.image_id.isin(keep)].reset_index(drop=True)
-
-def _ids(data: pd.DataFrame | FeatureBank) -> list[str]:
-    return list(data.image_ids) if isinstance(data, FeatureBank) else list(data.image_id)
-
-def target_parts(cfg: Config, target: pd.DataFrame | FeatureBank, seed: int) -> dict:
+# %% ../nbs/13_protocols.ipynb 18
+def target_parts(cfg: Config, target: Rows, seed: int) -> dict:
     """{'finetune', 'finetune_val', 'test'} parts of a target domain's images (`cfg.target_split`)."""
-    names = make_splits(_ids(target), seed, tuple(cfg.target_split))
+    names = make_splits(target.ids, seed, tuple(cfg.target_split))
     rename = {"train": "finetune", "val": "finetune_val", "test": "test"}
-    return {rename[s]: part(target, [i for i, v in names.items() if v == s]) for s in ("train", "val", "test")}
+    return {rename[s]: target.by_ids([i for i, v in names.items() if v == s]) for s in ("train", "val", "test")}
 
-# %% ../nbs/13_protocols.ipynb 12
-def domain_probe(cfg: Config, model: RetrievalModel, source: pd.DataFrame | FeatureBank,
-                 target: pd.DataFrame | FeatureBank, segments: Mapping | None = None, seed: int = 0) -> float:
+# %% ../nbs/13_protocols.ipynb 21
+def domain_probe(cfg: Config, model: RetrievalModel, source: Rows, target: Rows, segments: Mapping | None = None,
+                 seed: int = 0) -> float:
     """Balanced accuracy of a fresh linear probe telling source from target image embeddings."""
     c = cfg.replace(fuse_segments=0.0)
     src, _, _ = gallery_embeddings(c, model, source, segments)
     tgt, _, _ = gallery_embeddings(c, model, target, segments)
     return domain_probe_accuracy(src, tgt, seed=seed)
 
+# %% ../nbs/13_protocols.ipynb 23
 def run_state(cfg: Config, model: RetrievalModel) -> dict:
     """A copy of what training under `cfg` can change: the heads and temperature on cached features, else everything."""
     keep = (lambda k: k.startswith(("image_head.", "text_head.", "segment_head.")) or k == "clip.logit_scale") \
         if uses_features(cfg) else (lambda k: True)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
 
+# %% ../nbs/13_protocols.ipynb 25
 def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     """Load a (possibly partial, `run_state`) state dict; a partial one may only leave trunk tensors out."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -103,8 +95,9 @@ def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     if bad:
         raise ValueError(f"state does not fit the model: {bad[:3]}")
 
+# %% ../nbs/13_protocols.ipynb 27
 def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
-                 source: pd.DataFrame | FeatureBank, parts: Mapping, segments: Mapping | None = None,
+                 source: Rows, parts: Mapping, segments: Mapping | None = None,
                  probe: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Train `model` under protocol `name`; (metrics on the target test part, history, per-image test hits).
 
@@ -119,7 +112,7 @@ def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Ma
     elif p.train_on == "target":
         hist = train(c, model, make_items(c, model, parts["finetune"], segments))
     elif p.train_on == "target-all":
-        both = _concat(parts["finetune"], parts["finetune_val"])
+        both = parts["finetune"].concat(parts["finetune_val"])
         hist = train(c, model, make_items(c, model, both, segments))
     elif p.train_on != "none":
         raise ValueError(f"protocol {name!r}: train_on={p.train_on!r} is not known")
@@ -127,12 +120,3 @@ def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Ma
     if probe:
         metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)
     return metrics, hist, hits
-
-def _concat(a: pd.DataFrame | FeatureBank, b: pd.DataFrame | FeatureBank) -> pd.DataFrame | FeatureBank:
-    if isinstance(a, FeatureBank):
-        return FeatureBank(a.image_ids + b.image_ids, a.domains + b.domains, a.splits + b.splits,
-                           torch.cat([a.images, b.images]), a.texts + b.texts, torch.cat([a.text_features, b.text_features]),
-                           torch.cat([a.text_owner, b.text_owner + len(a)]),
-                           None if a.segments is None else torch.cat([a.segments, b.segments]),
-                           None if a.segment_valid is None else torch.cat([a.segment_valid, b.segment_valid]))
-    return pd.concat([a, b], ignore_index=True)

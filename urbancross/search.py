@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import __version__
 from .core import Config, atomic_torch_save, get_device, get_logger, git_sha, paths, safe_torch_load
 from .data import COUNTRY_BOUNDS, MANIFEST_COLUMNS, load_image
-from .experiment import load_profile_data, prepare, select
-from .features import FeatureBank, trunk_fingerprint
+from .datasets import load_profile_data, prepare
+from .features import Rows, trunk_fingerprint
 from .metrics import retrieval_metrics
 from .towers import RetrievalModel, build_model, set_trainable
 from .train import gallery_embeddings, make_items, train
@@ -37,11 +38,11 @@ def _check_k(k: int, n: int) -> int:
         raise ValueError(f"k must be a positive whole number of results; got {k!r}")
     return min(int(k), n)
 
+# %% ../nbs/15_search.ipynb 11
 class Retriever:
     """Text → image and image → caption search over a gallery (feature bank or manifest) with a trained model."""
-    def __init__(self, cfg: Config, model: RetrievalModel, gallery: FeatureBank | pd.DataFrame, df: pd.DataFrame,
-                 segments: dict | None = None):
-        ids = list(gallery.image_ids) if isinstance(gallery, FeatureBank) else list(gallery.image_id)
+    def __init__(self, cfg: Config, model: RetrievalModel, gallery: Rows, df: pd.DataFrame, segments: dict | None = None):
+        ids = gallery.ids
         if len(ids) == 0:
             raise ValueError("empty gallery: it holds no image")
         rows = df.set_index("image_id")
@@ -49,7 +50,7 @@ class Retriever:
         if missing:
             raise ValueError(f"{len(missing)} gallery image(s) are not in the manifest (first: {missing[0]!r}); "
                              "pass the manifest the gallery was built from")
-        texts = list(gallery.texts) if isinstance(gallery, FeatureBank) else [c for cs in gallery.captions for c in cs]
+        texts = list(gallery.texts)
         self._setup(cfg, model, rows.loc[ids].reset_index(), texts, *gallery_embeddings(cfg, model, gallery, segments))
 
     def _setup(self, cfg: Config, model: RetrievalModel, gallery: pd.DataFrame, texts: list, image_emb: torch.Tensor,
@@ -123,7 +124,7 @@ class Retriever:
         r.history = pd.DataFrame(ck.get("history") or [])
         return r
 
-# %% ../nbs/15_search.ipynb 21
+# %% ../nbs/15_search.ipynb 25
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "urbancross-retriever", 1
 HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")
 
@@ -131,10 +132,12 @@ def is_trunk_key(name: str) -> bool:
     """Whether a state-dict key is part of a trunk (what `trunk_fingerprint` hashes), not a head or the temperature."""
     return not name.startswith(HEAD_PREFIXES) and "logit" not in name
 
+# %% ../nbs/15_search.ipynb 27
 def stores_heads_only(cfg: Config) -> bool:
     """Whether a checkpoint under `cfg` keeps only the heads: frozen trunks that `build_model(cfg)` loads again."""
     return cfg.trainable == "heads" and bool(cfg.pretrained)
 
+# %% ../nbs/15_search.ipynb 29
 def model_state(cfg: Config, model: RetrievalModel) -> dict:
     """The trained part of `model` (heads only, or every tensor; see `stores_heads_only`) and its trunk's fingerprint."""
     heads_only = stores_heads_only(cfg)
@@ -142,6 +145,7 @@ def model_state(cfg: Config, model: RetrievalModel) -> dict:
     return dict(tensors=tensors, heads_only=heads_only, trunk_fingerprint=trunk_fingerprint(model),
                 model_name=cfg.model_name, pretrained=cfg.pretrained)
 
+# %% ../nbs/15_search.ipynb 31
 def config_from_dict(d: Mapping, source: str = "config") -> Config:
     """A `Config` from its dict (lists back to tuples); a field this version does not know is an error naming `source`."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -149,26 +153,30 @@ def config_from_dict(d: Mapping, source: str = "config") -> Config:
         raise ValueError(f"{source}: unknown Config field(s) {unknown}; it was written by another version of urbancross")
     return Config(**{k: tuple(v) if isinstance(fields[k].default, tuple) and isinstance(v, list) else v for k, v in d.items()})
 
+# %% ../nbs/15_search.ipynb 33
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
+# %% ../nbs/15_search.ipynb 35
 def _checkpoint(cfg: Config, model: RetrievalModel, gallery: dict | None, history: pd.DataFrame | None = None) -> dict:
-    from urbancross import __version__
+    """The checkpoint dict: format, config, trained tensors, gallery, history and where it came from."""
     rows = [] if history is None else [{k: _plain(v) for k, v in r.items()} for r in history.to_dict("records")]
     return dict(format=CHECKPOINT_FORMAT, format_version=CHECKPOINT_VERSION, config=cfg.to_dict(),
                 model=model_state(cfg, model), gallery=gallery, history=rows,
                 provenance=dict(urbancross=str(__version__), torch=str(torch.__version__), git_sha=git_sha(),
                                 saved=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
 
+# %% ../nbs/15_search.ipynb 37
 def save_model(path: str | Path, cfg: Config, model: RetrievalModel) -> Path:
     """Write `cfg` and the trained part of `model` to one file, atomically (a checkpoint without a gallery)."""
     return atomic_torch_save(_checkpoint(cfg, model, None), path)
 
+# %% ../nbs/15_search.ipynb 39
 def default_checkpoint(profile: str = "smoke") -> Path:
     """Where the command line keeps a profile's retriever: `checkpoints/<profile>/retriever.pt` under the project root."""
     return paths()["checkpoints"] / profile / "retriever.pt"
 
-# %% ../nbs/15_search.ipynb 23
+# %% ../nbs/15_search.ipynb 42
 def read_checkpoint(path: str | Path) -> dict:
     """The dict in a retriever checkpoint (weights only); a missing, corrupt or foreign file is an error naming it."""
     ck = safe_torch_load(path)
@@ -187,12 +195,16 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: retriever checkpoint without model tensors; the file is damaged, save it again")
     return ck
 
+# %% ../nbs/15_search.ipynb 44
 def _device(cfg: Config, device: str | None) -> torch.device:
+    """`device` if given; else the config's, with CUDA only where there is one."""
     if device:
         return get_device(device)
     return get_device("auto" if cfg.device.startswith("cuda") else cfg.device)
 
+# %% ../nbs/15_search.ipynb 46
 def _restore(ck: dict, path: str | Path, device: str | None = None) -> tuple[Config, RetrievalModel]:
+    """(config, model rebuilt with `build_model` and loaded with the checkpoint's tensors) of a read checkpoint."""
     cfg = config_from_dict(ck["config"], f"checkpoint {path}")
     dev = _device(cfg, device)
     cfg, part = cfg.replace(device=str(dev)), ck["model"]
@@ -217,12 +229,14 @@ def _restore(ck: dict, path: str | Path, device: str | None = None) -> tuple[Con
              f"{'heads on trunk ' + part['trunk_fingerprint'] if part.get('heads_only') else 'every tensor'}) on {dev}")
     return cfg, model.eval()
 
+# %% ../nbs/15_search.ipynb 48
 def load_model(path: str | Path, device: str | None = None) -> tuple[Config, RetrievalModel]:
     """(config, trained model) of a checkpoint written by `save_model` or `Retriever.save`."""
     return _restore(read_checkpoint(path), path, device)
 
-# %% ../nbs/15_search.ipynb 25
+# %% ../nbs/15_search.ipynb 51
 def _gallery_state(r: "Retriever") -> dict:
+    """A retriever's gallery as plain lists and tensors (what a checkpoint stores)."""
     g, n = r.gallery, len(r.gallery)
     col = lambda c, default: list(g[c]) if c in g.columns else [default] * n
     coords = lambda c: torch.tensor(pd.to_numeric(g[c], errors="coerce").to_numpy(float) if c in g.columns
@@ -233,7 +247,9 @@ def _gallery_state(r: "Retriever") -> dict:
                 image_emb=r.image_emb.float().cpu().contiguous(), text_emb=r.text_emb.float().cpu().contiguous(),
                 text_owner=r.text_owner.long().cpu())
 
+# %% ../nbs/15_search.ipynb 53
 def _gallery_from_state(g: dict, path: str | Path) -> tuple:
+    """(gallery manifest, texts, image and caption embeddings, caption owners) of a stored gallery, checked."""
     need = ["image_id", "image_path", "domain", "split", "tags", "lat", "lon", "texts", "image_emb", "text_emb", "text_owner"]
     if missing := [k for k in need if k not in g]:
         raise ValueError(f"checkpoint {path}: the gallery lacks {missing}; the file is damaged, save it again")
@@ -251,12 +267,14 @@ def _gallery_from_state(g: dict, path: str | Path) -> tuple:
                            lat=g["lat"].numpy(), lon=g["lon"].numpy(), split=g["split"], tags=g["tags"]))
     return df[MANIFEST_COLUMNS], list(g["texts"]), g["image_emb"].float(), g["text_emb"].float(), owner.long()
 
-# %% ../nbs/15_search.ipynb 34
+# %% ../nbs/15_search.ipynb 63
 def _check_split(cfg: Config, df: pd.DataFrame, split: str) -> None:
+    """A ValueError naming the splits there are if `df` has no image of `split`."""
     if not (df.split == split).any():
         raise ValueError(f"the data ({cfg.data_source}, {len(df)} images) has no {split!r} split image; "
                          f"its splits are {sorted(set(df.split))}")
 
+# %% ../nbs/15_search.ipynb 66
 def train_retriever(cfg: Config, data: pd.DataFrame | None = None, model: RetrievalModel | None = None,
                     cache_root: str | Path | None = None, gallery_split: str = "test") -> Retriever:
     """Train within-domain on the train split of `data` (default: the profile's) with the training core; a Retriever over `gallery_split`."""
@@ -264,7 +282,7 @@ def train_retriever(cfg: Config, data: pd.DataFrame | None = None, model: Retrie
     for s in ("train", gallery_split):
         _check_split(cfg, df, s)
     prepared, segments, model = prepare(cfg, df, model, cache_root)
-    parts = {s: select(prepared, split=s) for s in ("train", "val", gallery_split)}
+    parts = {s: prepared.select(split=s) for s in ("train", "val", gallery_split)}
     log.info(f"train_retriever: profile {cfg.profile}, {len(parts['train'])} training images of {sorted(set(df.domain))}, "
              f"gallery = {len(parts[gallery_split])} {gallery_split} images")
     history = train(cfg, model, make_items(cfg, model, parts["train"], segments), val=parts["val"] if len(parts["val"]) else None)
@@ -272,20 +290,21 @@ def train_retriever(cfg: Config, data: pd.DataFrame | None = None, model: Retrie
     r.history = history
     return r
 
+# %% ../nbs/15_search.ipynb 68
 def evaluate_split(cfg: Config, model: RetrievalModel, split: str = "test", data: pd.DataFrame | None = None,
                    cache_root: str | Path | None = None) -> tuple[dict, int, int]:
     """(metrics, images, captions) of `model` on a split of `data` (default: the profile's), encoded again."""
     df = load_profile_data(cfg) if data is None else data
     _check_split(cfg, df, split)
     prepared, segments, model = prepare(cfg, df, model, cache_root)
-    part = select(prepared, split=split)
+    part = prepared.select(split=split)
     img, txt, owner = gallery_embeddings(cfg, model, part, segments)
     return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size), len(img), len(txt)
 
-# %% ../nbs/15_search.ipynb 38
+# %% ../nbs/15_search.ipynb 71
 def plot_topk_images(result: pd.DataFrame, query: str, ncols: int = 4, relevant: Collection[str] = ()):
     """Grid of the images of a `query_text` result, with rank, id, domain and score in each title."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt                 # heavy and optional: loaded only when a figure is drawn
     if len(result) == 0:
         raise ValueError("empty result: nothing to plot")
     ncols = min(ncols, len(result))
@@ -303,10 +322,10 @@ def plot_topk_images(result: pd.DataFrame, query: str, ncols: int = 4, relevant:
     fig.suptitle(textwrap.fill(f"query: \u201c{query}\u201d", 90), fontsize=10)
     return fig
 
-# %% ../nbs/15_search.ipynb 41
+# %% ../nbs/15_search.ipynb 74
 def plot_image_captions(result: pd.DataFrame, image_path: str | Path, title: str = "", width: int = 60):
     """An image beside the captions of a `query_image` result as score bars, its own captions in green."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt                 # heavy and optional: loaded only when a figure is drawn
     from matplotlib.patches import Patch
     if len(result) == 0:
         raise ValueError("empty result: nothing to plot")
@@ -327,10 +346,10 @@ def plot_image_captions(result: pd.DataFrame, image_path: str | Path, title: str
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return fig
 
-# %% ../nbs/15_search.ipynb 44
+# %% ../nbs/15_search.ipynb 77
 def plot_geo_map(df: pd.DataFrame, highlight: Collection[str] = (), title: str = ""):
     """Scatter of the manifest's lat/lon coloured by domain, with each known country's bounding box."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt                 # heavy and optional: loaded only when a figure is drawn
     from matplotlib.patches import Rectangle
     pts = df.dropna(subset=["lat", "lon"])
     if pts.empty:
