@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from .core import get_logger
 
@@ -164,25 +165,27 @@ class CurriculumSampler(torch.utils.data.Sampler):
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(idx))
         return iter(idx[torch.from_numpy(perm)].tolist())
 
-    def weights_of(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Curriculum weights of the samples at `indices` (needs `weighted=True`)."""
-        if self.weights is None:
-            raise ValueError("this CurriculumSampler was built with weighted=False; pass weighted=True for weights")
-        return self.weights[torch.as_tensor(indices, dtype=torch.long)]
+# %% ../nbs/08_curriculum.ipynb 48
+@patch
+def weights_of(self: CurriculumSampler, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Curriculum weights of the samples at `indices` (needs `weighted=True`)."""
+    if self.weights is None:
+        raise ValueError("this CurriculumSampler was built with weighted=False; pass weighted=True for weights")
+    return self.weights[torch.as_tensor(indices, dtype=torch.long)]
 
-# %% ../nbs/08_curriculum.ipynb 52
+# %% ../nbs/08_curriculum.ipynb 54
 def source_ratio(cfg, epoch: int) -> float:
     """Share of each source batch admitted in `epoch`: curriculum, fixed `curriculum_start`, or 1."""
     if cfg.curriculum:
         return round(min(1.0, cfg.curriculum_start + cfg.curriculum_step * epoch), 10)
     return cfg.curriculum_start if cfg.select_source else 1.0
 
-# %% ../nbs/08_curriculum.ipynb 56
+# %% ../nbs/08_curriculum.ipynb 58
 def batch_target_likeness(source_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
     """Mean cosine similarity of each source embedding to the target batch (upstream `W1.mean(0)`)."""
     return (F.normalize(source_emb.float(), dim=-1) @ F.normalize(target_emb.float(), dim=-1).t()).mean(1)
 
-# %% ../nbs/08_curriculum.ipynb 59
+# %% ../nbs/08_curriculum.ipynb 61
 def admit_in_batch(scores: torch.Tensor, ratio: float, min_keep: int = 2) -> torch.Tensor:
     """Positions of the `ratio` most target-like rows of a batch (at least `min_keep`), best first."""
     n = len(scores)
