@@ -8,7 +8,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .scenes import _KIND_HEIGHT, Building, DomainStyle, Feature, Patch, Scene, _raster, _rect
+from .scenes import _KIND_HEIGHT, Building, DomainStyle, Feature, Patch, Road, Scene, Water, _raster, _rect
 
 # %% auto 0
 __all__ = ['render_scene']
@@ -76,6 +76,30 @@ def _draw_forest(draw: ImageDraw.ImageDraw, rng: np.random.Generator, p: Patch, 
     _draw_crowns(draw, rng, np.stack([gx[keep], gy[keep]], 1), rng.uniform(.55, .9, keep.sum()) * step, style.tree_rgb)
 
 # %% ../../nbs/16b_embedded_render.ipynb 26
+def _draw_roads(draw: ImageDraw.ImageDraw, roads: list[Road], style: DomainStyle, S: int) -> None:
+    """Roads, main roads last: tracks and paths in their own colours, a lit centre line on wide main roads."""
+    P = lambda pts: [(x * S, y * S) for x, y in pts]
+    for r in sorted(roads, key=lambda r: r.kind == "main"):
+        colour = {"track": _shade(style.ground_rgb, .8), "path": (196, 184, 160)}.get(r.kind, style.road_rgb)
+        draw.line(P(r.points), fill=_shade(colour, 1.1 if r.kind == "main" else 1), width=max(1, round(r.width * S)),
+                  joint="curve")
+        if r.kind == "main" and r.width * S >= 8:
+            draw.line(P(r.points), fill=_shade(colour, 1.45), width=1)
+
+# %% ../../nbs/16b_embedded_render.ipynb 29
+def _draw_water(draw: ImageDraw.ImageDraw, w: Water, style: DomainStyle, S: int) -> None:
+    """A river (its banks, then a narrower stream) or a lake or pond (a lighter shore, then the water inside)."""
+    P = lambda pts: [(x * S, y * S) for x, y in pts]
+    if w.kind == "river":
+        draw.line(P(w.points), fill=_shade(style.water_rgb, 1.05), width=round(w.width * S), joint="curve")
+        draw.line(P(w.points), fill=style.water_rgb, width=max(1, round(w.width * S * .7)), joint="curve")
+    else:
+        draw.polygon(P(w.points), fill=_shade(style.water_rgb, 1.15))
+        inner = np.mean(w.points, axis=0)
+        draw.polygon([((x - inner[0]) * .85 * S + inner[0] * S, (y - inner[1]) * .85 * S + inner[1] * S) for x, y in w.points],
+                     fill=style.water_rgb)
+
+# %% ../../nbs/16b_embedded_render.ipynb 33
 _FEATURE_RGB = {"sports field": (84, 148, 72), "running track": (172, 84, 64), "parking lot": (92, 92, 96),
                 "swimming pool": (72, 176, 206), "square": (196, 190, 178)}
 
@@ -113,7 +137,7 @@ def _draw_feature(draw: ImageDraw.ImageDraw, rng: np.random.Generator, f: Featur
                     draw.polygon(P(car), fill=_jitter(rng, [(200, 200, 205), (40, 40, 45), (150, 30, 30), (40, 60, 120)]
                                                       [int(rng.integers(4))], 15))
 
-# %% ../../nbs/16b_embedded_render.ipynb 29
+# %% ../../nbs/16b_embedded_render.ipynb 36
 def _draw_building(draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: Building, style: DomainStyle, S: int) -> None:
     """A roof: gabled (two shades and a ridge) for houses and farms, flat with parapet for blocks and warehouses."""
     P = lambda pts: [(x * S, y * S) for x, y in pts]
@@ -140,7 +164,7 @@ def _draw_building(draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: Build
             seg = _rect(b.x + c * u, b.y + s * u, 0.0, b.width - .01, b.angle)
             draw.line(P(seg[1:3]), fill=_shade(rgb, .9), width=1)
 
-# %% ../../nbs/16b_embedded_render.ipynb 33
+# %% ../../nbs/16b_embedded_render.ipynb 40
 def _apply_shadows(img: Image.Image, scene: Scene, style: DomainStyle, S: int) -> Image.Image:
     """Darken the ground where buildings and single trees cast shadows (towards north-north-west)."""
     mask = Image.new("L", (S, S), 0)
@@ -157,7 +181,7 @@ def _apply_shadows(img: Image.Image, scene: Scene, style: DomainStyle, S: int) -
     arr = np.asarray(img, float) * (1 - .45 * np.asarray(mask, float)[..., None] / 255)
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
-# %% ../../nbs/16b_embedded_render.ipynb 36
+# %% ../../nbs/16b_embedded_render.ipynb 43
 def _sensor(img: Image.Image, style: DomainStyle, rng: np.random.Generator) -> Image.Image:
     """Colour cast, haze, contrast, brightness and noise of the domain's sensor and atmosphere."""
     a = np.asarray(img, float) / 255
@@ -169,7 +193,7 @@ def _sensor(img: Image.Image, style: DomainStyle, rng: np.random.Generator) -> I
     a = a + rng.normal(0, style.noise / 255, a.shape)
     return Image.fromarray((a * 255).round().clip(0, 255).astype(np.uint8))
 
-# %% ../../nbs/16b_embedded_render.ipynb 40
+# %% ../../nbs/16b_embedded_render.ipynb 47
 def render_scene(scene: Scene, style: DomainStyle, size: int = 128, rng: np.random.Generator | None = None) -> Image.Image:
     """Draw `scene` top-down as a `size` x `size` RGB image in `style`'s look."""
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -177,7 +201,6 @@ def render_scene(scene: Scene, style: DomainStyle, size: int = 128, rng: np.rand
     ground = {"park": style.grass_rgb, "industrial": _shade(style.ground_rgb, 1.08)}.get(scene.scene_type, style.ground_rgb)
     img = _terrain(rng, ground, S)
     draw = ImageDraw.Draw(img)
-    P = lambda pts: [(x * S, y * S) for x, y in pts]
     for p in scene.patches:
         if p.kind in ("field", "orchard"):
             _draw_parcel(draw, rng, p, style, S)
@@ -186,26 +209,12 @@ def render_scene(scene: Scene, style: DomainStyle, size: int = 128, rng: np.rand
             _draw_forest(draw, rng, p, style, S)
     w = scene.water
     river = w is not None and w.kind == "river"
-    def roads():
-        for r in sorted(scene.roads, key=lambda r: r.kind == "main"):
-            colour = {"track": _shade(style.ground_rgb, .8), "path": (196, 184, 160)}.get(r.kind, style.road_rgb)
-            draw.line(P(r.points), fill=_shade(colour, 1.1 if r.kind == "main" else 1), width=max(1, round(r.width * S)),
-                      joint="curve")
-            if r.kind == "main" and r.width * S >= 8:
-                draw.line(P(r.points), fill=_shade(colour, 1.45), width=1)
     if not river:
-        roads()
+        _draw_roads(draw, scene.roads, style, S)
     if w is not None:
-        if river:
-            draw.line(P(w.points), fill=_shade(style.water_rgb, 1.05), width=round(w.width * S), joint="curve")
-            draw.line(P(w.points), fill=style.water_rgb, width=max(1, round(w.width * S * .7)), joint="curve")
-        else:
-            draw.polygon(P(w.points), fill=_shade(style.water_rgb, 1.15))
-            inner = np.mean(w.points, axis=0)
-            draw.polygon([((x - inner[0]) * .85 * S + inner[0] * S, (y - inner[1]) * .85 * S + inner[1] * S) for x, y in w.points],
-                         fill=style.water_rgb)
+        _draw_water(draw, w, style, S)
     if river:
-        roads()
+        _draw_roads(draw, scene.roads, style, S)          # roads over a river are its bridges
     for f in scene.features:
         _draw_feature(draw, rng, f, style, S)
     img = _apply_shadows(img, scene, style, S)
