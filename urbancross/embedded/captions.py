@@ -51,12 +51,9 @@ _SCENE_NP = {
 }
 
 # %% ../../nbs/16c_embedded_captions.ipynb 17
-def _facts(scene: Scene, rng: np.random.Generator) -> dict:
-    """Noun phrases for each fact of the scene (absent facts are missing keys)."""
-    f: dict = {"scene": str(rng.choice(_SCENE_NP[scene.scene_type])), "type": scene.scene_type}
-    if scene.scene_type == "waterfront" and scene.water is not None:
-        f["scene"] = str(rng.choice({"lake": ["a lakeside area", "a neighbourhood on a lake shore"],
-                                     "river": ["a riverside area", "a riverside neighbourhood"]}.get(scene.water.kind, [f["scene"]])))
+def _building_facts(scene: Scene, rng: np.random.Generator) -> dict:
+    """The buildings: the commonest kind counted, with its roof colour(s), and a count of the second kind."""
+    f: dict = {}
     if scene.buildings:
         kinds = Counter(b.kind for b in scene.buildings)
         kind, n = kinds.most_common(1)[0]
@@ -78,6 +75,12 @@ def _facts(scene: Scene, rng: np.random.Generator) -> dict:
         if len(kinds) > 1:
             k2, n2 = kinds.most_common(2)[1]
             f["other_buildings"] = count_phrase(n2, *_NOUNS[k2], rng)
+    return f
+
+# %% ../../nbs/16c_embedded_captions.ipynb 20
+def _road_facts(scene: Scene, rng: np.random.Generator) -> dict:
+    """The street layout, the main road and its direction, and a park's footpaths."""
+    f: dict = {}
     main = scene.main_road
     if scene.layout == "grid":
         f["roads"] = str(rng.choice(["a regular grid of streets", "straight streets in a grid", "a grid of straight streets"]))
@@ -103,6 +106,12 @@ def _facts(scene: Scene, rng: np.random.Generator) -> dict:
         f["main_road"] = str(rng.choice([f"a country road running {runs}", f"{an} {main} country road"]))
     if scene.scene_type == "park" and any(r.kind == "path" for r in scene.roads):
         f["paths"] = str(rng.choice(["footpaths", "winding footpaths", "walking paths"]))
+    return f
+
+# %% ../../nbs/16c_embedded_captions.ipynb 23
+def _water_facts(scene: Scene, rng: np.random.Generator) -> dict:
+    """The lake, pond or river with its size and place, and a bridge over it."""
+    f: dict = {}
     w = scene.water
     if w is not None:
         size = "large " if w.cover > .2 else ("small " if w.cover < .07 else "")
@@ -114,6 +123,12 @@ def _facts(scene: Scene, rng: np.random.Generator) -> dict:
                                              else f"along {_edge(w.position)}")
         if scene.bridge:
             f["bridge"] = str(rng.choice(["a bridge over the river", "a road bridge crossing the river"]))
+    return f
+
+# %% ../../nbs/16c_embedded_captions.ipynb 26
+def _land_facts(scene: Scene, rng: np.random.Generator) -> dict:
+    """The forest and the fields (with their colours and orchards), each with its place."""
+    f: dict = {}
     if scene.forest_position and scene.scene_type == "forest_edge":
         f["forest"] = str(rng.choice(["forest covering the", "the forest in the", "dense forest in the"])) + " " + \
             ("middle" if scene.forest_position == "centre" else scene.forest_position)
@@ -130,6 +145,12 @@ def _facts(scene: Scene, rng: np.random.Generator) -> dict:
                        else f"{fields} in the {scene.field_position}")
         if orchards and names:
             f["orchard"] = str(rng.choice(["an orchard with rows of trees", "rows of orchard trees"]))
+    return f
+
+# %% ../../nbs/16c_embedded_captions.ipynb 29
+def _feature_facts(scene: Scene, rng: np.random.Generator) -> dict:
+    """The features (square, sports field, ..., swimming pools), the single trees and what surrounds the tile."""
+    f: dict = {}
     feats = Counter(x.kind for x in scene.features)
     parts = []
     for kind in ("square", "sports field", "running track", "parking lot", "roundabout", "swimming pool"):
@@ -145,19 +166,30 @@ def _facts(scene: Scene, rng: np.random.Generator) -> dict:
         f["surrounded"] = " and ".join(scene.surrounded_by)
     return f
 
-# %% ../../nbs/16c_embedded_captions.ipynb 20
+# %% ../../nbs/16c_embedded_captions.ipynb 33
+def _facts(scene: Scene, rng: np.random.Generator) -> dict:
+    """Noun phrases for each fact of the scene (absent facts are missing keys)."""
+    f: dict = {"scene": str(rng.choice(_SCENE_NP[scene.scene_type])), "type": scene.scene_type}
+    if scene.scene_type == "waterfront" and scene.water is not None:
+        f["scene"] = str(rng.choice({"lake": ["a lakeside area", "a neighbourhood on a lake shore"],
+                                     "river": ["a riverside area", "a riverside neighbourhood"]}.get(scene.water.kind, [f["scene"]])))
+    for facts_of in (_building_facts, _road_facts, _water_facts, _land_facts, _feature_facts):   # this order: the draws of rng
+        f.update(facts_of(scene, rng))
+    return f
+
+# %% ../../nbs/16c_embedded_captions.ipynb 36
 def _join(items: list) -> str:
     """'a', 'a and b', 'a, b and c'."""
     items = [i for i in items if i]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
-# %% ../../nbs/16c_embedded_captions.ipynb 23
+# %% ../../nbs/16c_embedded_captions.ipynb 39
 def _cap(s: str) -> str:
     """Capitalise the first letter and end with a full stop."""
     s = " ".join(s.split())
     return s[0].upper() + s[1:] + ("" if s.endswith(".") else ".")
 
-# %% ../../nbs/16c_embedded_captions.ipynb 26
+# %% ../../nbs/16c_embedded_captions.ipynb 42
 def _templates(f: dict, rng: np.random.Generator) -> list:
     """Candidate captions from the fact phrases, most complete first."""
     pick = lambda *keys: [f[k] for k in keys if k in f]
@@ -186,7 +218,7 @@ def _templates(f: dict, rng: np.random.Generator) -> list:
     ]
     return [o for o in out if o]
 
-# %% ../../nbs/16c_embedded_captions.ipynb 29
+# %% ../../nbs/16c_embedded_captions.ipynb 45
 def describe_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
     """`n` different captions of `scene`, at most 25 words each, most complete first."""
     caps: list[str] = []
@@ -203,7 +235,7 @@ def describe_scene(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[s
         caps.append(_cap(f"view {k + 1} of {_SCENE_NP[scene.scene_type][k % 3]}"))
     return caps
 
-# %% ../../nbs/16c_embedded_captions.ipynb 33
+# %% ../../nbs/16c_embedded_captions.ipynb 49
 _TERSE_SCENE = {
     "residential": ["residential area", "suburb", "neighbourhood"],
     "city_centre": ["city centre", "dense town centre", "downtown"],
@@ -214,14 +246,14 @@ _TERSE_SCENE = {
     "park": ["park", "green park", "city park"],
 }
 
-# %% ../../nbs/16c_embedded_captions.ipynb 35
+# %% ../../nbs/16c_embedded_captions.ipynb 51
 _WHERE = re.compile(r"\s+(in the|along|running|crossing|covering)\b.*$")
 
 def _unplace(phrase: str) -> str:
     """A place fact without its position: 'a small lake in the north' -> 'a small lake'."""
     return _WHERE.sub("", phrase)
 
-# %% ../../nbs/16c_embedded_captions.ipynb 38
+# %% ../../nbs/16c_embedded_captions.ipynb 54
 def _terse_parts(scene: Scene, f: dict, rng: np.random.Generator) -> dict:
     """Short forms of the facts `f` of `scene`: area label, buildings, water, forest, fields, extras."""
     water_label = {"lake": "lakeside", "river": "riverside"}.get(scene.water.kind if scene.water else "", "waterfront")
@@ -252,7 +284,7 @@ def _terse_parts(scene: Scene, f: dict, rng: np.random.Generator) -> dict:
                    for x in extras]
     return p
 
-# %% ../../nbs/16c_embedded_captions.ipynb 41
+# %% ../../nbs/16c_embedded_captions.ipynb 57
 def _terse_templates(p: dict, rng: np.random.Generator) -> list[str]:
     """Candidate raw captions: each names one or two of the short facts `p`."""
     s, b, places, extras = p["scene"], p.get("buildings"), [p[k] for k in ("water", "forest", "fields") if k in p], p["extras"]
@@ -270,7 +302,7 @@ def _terse_templates(p: dict, rng: np.random.Generator) -> list[str]:
         out += [f"{p['water']} with a bridge" if "a bridge" in extras else None, f"{p['water']} and {p['forest']}" if "forest" in p else None]
     return [o for o in out if o]
 
-# %% ../../nbs/16c_embedded_captions.ipynb 44
+# %% ../../nbs/16c_embedded_captions.ipynb 60
 def terse_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
     """`n` short raw captions of `scene` (one or two facts each, at most 8 words), distinct where possible."""
     caps: list[str] = []
@@ -284,13 +316,13 @@ def terse_captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[s
                 return caps
     return [caps[k % len(caps)] for k in range(n)]
 
-# %% ../../nbs/16c_embedded_captions.ipynb 51
+# %% ../../nbs/16c_embedded_captions.ipynb 67
 _BUILDING_TAG = {"house": "house", "block": "apartments", "warehouse": "industrial", "farm": "farm"}
 
 _LANDUSE_TAG = {"residential": "residential", "city_centre": "commercial", "industrial": "industrial", "farmland": "farmland",
                 "forest_edge": "forest", "waterfront": "residential", "park": "grass"}
 
-# %% ../../nbs/16c_embedded_captions.ipynb 53
+# %% ../../nbs/16c_embedded_captions.ipynb 69
 def scene_tags(scene: Scene) -> str:
     """OSM-style geo-tags: `key of value, ...` for the tile, then `; surrounded by ` and the surroundings' tags."""
     main, around = [], []
