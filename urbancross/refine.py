@@ -17,6 +17,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import pandas as pd
 import torch
+from fastcore.basics import patch
 
 from .core import Config, Registry, atomic_write, get_device, get_logger, paths
 from .data import load_image, progress, sha256_file
@@ -351,26 +352,11 @@ class InstructBlipCaptioner(Captioner):
         self.generation = {**DEFAULT_GENERATION, **generation}
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, device: str = "auto", dtype: str = "auto",
-                        local_files_only: bool | None = None, batch_size: int = 4, **generation) -> "InstructBlipCaptioner":
-        """Load the model and processor (see `load_instructblip`)."""
-        net, processor = load_instructblip(model, device, dtype, local_files_only)
-        return cls(net, processor, str(model), batch_size, **generation)
-
-    @classmethod
     def create(cls, model: str | Path | None = None, **kwargs) -> "InstructBlipCaptioner":
         """`from_pretrained(model, **kwargs)`; a model id or folder is required."""
         if not model:
             raise ValueError("the 'instructblip' captioner needs a model id or folder (Config.lmm_model)")
         return cls.from_pretrained(model, **kwargs)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def params(self) -> dict:
         return {**self.generation, "dtype": str(self.dtype).replace("torch.", "")}
@@ -393,7 +379,25 @@ class InstructBlipCaptioner(Captioner):
     def run(self, stage: str, items: Sequence[CaptionItem], requests: Sequence[str]) -> list[list[str]]:
         return self.generate([load_image(it.image_path) for it in items], requests)
 
-# %% ../nbs/04_refine.ipynb 101
+# %% ../nbs/04_refine.ipynb 102
+@patch(cls_method=True)
+def from_pretrained(cls: InstructBlipCaptioner, model: str | Path, device: str = "auto", dtype: str = "auto",
+                    local_files_only: bool | None = None, batch_size: int = 4, **generation) -> InstructBlipCaptioner:
+    """Load the model and processor (see `load_instructblip`)."""
+    net, processor = load_instructblip(model, device, dtype, local_files_only)
+    return cls(net, processor, str(model), batch_size, **generation)
+
+# %% ../nbs/04_refine.ipynb 105
+@patch(as_prop=True)
+def device(self: InstructBlipCaptioner) -> torch.device:
+    return next(self.model.parameters()).device
+
+# %% ../nbs/04_refine.ipynb 108
+@patch(as_prop=True)
+def dtype(self: InstructBlipCaptioner) -> torch.dtype:
+    return next(self.model.parameters()).dtype
+
+# %% ../nbs/04_refine.ipynb 112
 _TINY_VOCAB_TEXT = (
     "a an the of and with in on at by to from its is are there this that it image satellite aerial view top-down "
     "area region scene tile neighbourhood town city village centre edge corner north south east west northern "
@@ -417,7 +421,7 @@ def tiny_tokenizer(extra_text: Iterable[str] = ()) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
                                    eos_token="[EOS]")
 
-# %% ../nbs/04_refine.ipynb 104
+# %% ../nbs/04_refine.ipynb 115
 def tiny_instructblip(folder: str | Path, lm: str = "opt", seed: int = 0, image_size: int = 32,
                       num_query_tokens: int = 4, hidden: int = 32, init_std: float = 0.2) -> Path:
     """Save a randomly initialised tiny InstructBLIP (`lm`: 'opt' or 't5') and its processor in `folder`."""
@@ -453,7 +457,7 @@ def tiny_instructblip(folder: str | Path, lm: str = "opt", seed: int = 0, image_
     processor.save_pretrained(folder)
     return folder
 
-# %% ../nbs/04_refine.ipynb 107
+# %% ../nbs/04_refine.ipynb 118
 def make_captioner(kind: str = "auto", model: str | Path | None = None, **kwargs) -> Captioner:
     """The backend `kind` of `CAPTIONERS`, or 'auto': InstructBLIP if `model` loads, else embedded."""
     if kind != "auto" and kind not in CAPTIONERS:
@@ -469,26 +473,26 @@ def make_captioner(kind: str = "auto", model: str | Path | None = None, **kwargs
         log.warning(f"make_captioner: {e}; falling back to the embedded backend (captions shipped with the data)")
         return CAPTIONERS["embedded"].create()
 
-# %% ../nbs/04_refine.ipynb 111
+# %% ../nbs/04_refine.ipynb 122
 def captioner_from_config(cfg: Config, **kwargs) -> Captioner:
     """The captioner of a run: InstructBLIP from `cfg.lmm_model` on `cfg.device` ('auto' policy), else embedded."""
     return make_captioner("auto", cfg.lmm_model or None, device=cfg.device, **kwargs)
 
-# %% ../nbs/04_refine.ipynb 115
+# %% ../nbs/04_refine.ipynb 126
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-# %% ../nbs/04_refine.ipynb 118
+# %% ../nbs/04_refine.ipynb 129
 def cache_key(image_sha256: str, model_id: str, prompt_id: str, request: str, params: dict) -> str:
     """The cache key of one generation: image bytes, model, prompt id, request text and settings."""
     return _sha(json.dumps({"image": image_sha256, "model": model_id, "prompt_id": prompt_id,
                             "request": _sha(request), "params": params}, sort_keys=True, default=str))
 
-# %% ../nbs/04_refine.ipynb 121
+# %% ../nbs/04_refine.ipynb 132
 def _record_check(record: dict) -> str:
     return _sha(json.dumps({k: v for k, v in record.items() if k != "check"}, sort_keys=True, ensure_ascii=False))[:16]
 
-# %% ../nbs/04_refine.ipynb 124
+# %% ../nbs/04_refine.ipynb 135
 class CaptionCache:
     """Append-only JSONL cache of generated texts, tolerant of a truncated last line."""
     def __init__(self, path: str | Path):
@@ -523,44 +527,51 @@ class CaptionCache:
         log.warning(f"{self.path}:{line_no}: {why}; ignored")
         self.bad_lines.append(line_no)
 
-    def __len__(self) -> int:
-        return len(self._texts)
+# %% ../nbs/04_refine.ipynb 138
+@patch
+def __len__(self: CaptionCache) -> int:
+    return len(self._texts)
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._texts
+@patch
+def __contains__(self: CaptionCache, key: str) -> bool:
+    return key in self._texts
 
-    def get(self, key: str) -> list[str] | None:
-        """Cached texts for `key` (counted as a hit), or None (a miss)."""
-        texts = self._texts.get(key)
-        if texts is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return texts
+# %% ../nbs/04_refine.ipynb 141
+@patch
+def get(self: CaptionCache, key: str) -> list[str] | None:
+    """Cached texts for `key` (counted as a hit), or None (a miss)."""
+    texts = self._texts.get(key)
+    if texts is None:
+        self.misses += 1
+    else:
+        self.hits += 1
+    return texts
 
-    def put(self, key: str, texts: Sequence[str], **meta) -> None:
-        """Append one record (a single write + fsync) and remember it."""
-        rec = {"key": key, "texts": list(texts), **meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        rec["check"] = _record_check(rec)
-        data = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size:
-                with open(self.path, "rb") as f:
-                    f.seek(size - 1)
-                    if f.read(1) != b"\n":
-                        data = b"\n" + data                 # start after a broken tail, never inside it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._texts[key] = list(texts)
+# %% ../nbs/04_refine.ipynb 144
+@patch
+def put(self: CaptionCache, key: str, texts: Sequence[str], **meta) -> None:
+    """Append one record (a single write + fsync) and remember it."""
+    rec = {"key": key, "texts": list(texts), **meta, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    rec["check"] = _record_check(rec)
+    data = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data                 # start after a broken tail, never inside it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    self._texts[key] = list(texts)
 
-# %% ../nbs/04_refine.ipynb 128
+# %% ../nbs/04_refine.ipynb 150
 def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas: list[str], requests: list[str],
                cache: CaptionCache | None, chunk_size: int) -> tuple[list[list[str]], int]:
     """Texts per item for `stage`, from the cache where possible; returns (texts, number generated)."""
@@ -578,13 +589,13 @@ def _run_stage(captioner: Captioner, stage: str, items: list[CaptionItem], shas:
                           prompt_id=prompt_id, stage=stage, params=params)
     return out, len(todo)
 
-# %% ../nbs/04_refine.ipynb 131
+# %% ../nbs/04_refine.ipynb 153
 def _clean_all(captioner: Captioner, texts: list[str], prompt: str, tags: str, **rules) -> list[CleanedCaption]:
     if not captioner.is_lmm:                       # the dataset's own text is passed through as it is
         return [CleanedCaption(t.strip(), []) for t in texts]
     return [clean_caption(t, prompt=prompt, tags=tags, **rules) for t in texts]
 
-# %% ../nbs/04_refine.ipynb 134
+# %% ../nbs/04_refine.ipynb 156
 def refine_manifest(df: pd.DataFrame, captioner: Captioner, cache: CaptionCache | None = None, chunk_size: int = 16,
                     min_words: int = 4, max_words: int = 60, max_count: int = 20) -> tuple[pd.DataFrame, dict]:
     """Raw and refined captions for every image of `df` (cached); returns (table, stats)."""
@@ -622,14 +633,14 @@ def refine_manifest(df: pd.DataFrame, captioner: Captioner, cache: CaptionCache 
              f"{stats['without_caption']} without a caption, {stats['seconds']} s")
     return out, stats
 
-# %% ../nbs/04_refine.ipynb 143
+# %% ../nbs/04_refine.ipynb 165
 RELEASE_COLUMNS = ["image_name", "description"]
 
 def refine_csv_name(country: str) -> str:
     """The release's file name of a country's refined captions."""
     return f"instructblip_generation_{country.lower()}_refine.csv"
 
-# %% ../nbs/04_refine.ipynb 146
+# %% ../nbs/04_refine.ipynb 168
 def write_refine_csv(refined: pd.DataFrame, folder: str | Path, country: str) -> Path:
     """Write the refined captions of `country` (rows of `refined` with that domain) as the release CSV in `folder`."""
     rows = refined[refined["domain"].str.lower() == country.lower()]
@@ -642,7 +653,7 @@ def write_refine_csv(refined: pd.DataFrame, folder: str | Path, country: str) ->
     log.info(f"wrote {len(out)} captions of {len(rows)} images to {path}")
     return path
 
-# %% ../nbs/04_refine.ipynb 149
+# %% ../nbs/04_refine.ipynb 171
 def _known_images(images: str | Path | Iterable[str]) -> set[str]:
     if isinstance(images, (str, Path)):
         if not Path(images).is_dir():
@@ -650,7 +661,7 @@ def _known_images(images: str | Path | Iterable[str]) -> set[str]:
         return {p.name for p in Path(images).iterdir()}
     return set(images)
 
-# %% ../nbs/04_refine.ipynb 152
+# %% ../nbs/04_refine.ipynb 174
 def read_refine_csv(path: str | Path, images: str | Path | Iterable[str] | None = None) -> pd.DataFrame:
     """Read a refined-caption CSV, checking every row; `images` (folder or names) enables the unknown-image check."""
     path = Path(path)
@@ -688,35 +699,35 @@ def read_refine_csv(path: str | Path, images: str | Path | Iterable[str] | None 
         rows.append(r)
     return pd.DataFrame(rows, columns=header)
 
-# %% ../nbs/04_refine.ipynb 159
+# %% ../nbs/04_refine.ipynb 181
 def default_cache_path(model_id: str) -> Path:
     """`data/cache/captions/<model>.jsonl` of the compendium."""
     slug = re.sub(r"[^\w.-]+", "_", str(model_id)).strip("_")[-80:] or "model"
     return paths()["cache"] / "captions" / f"{slug}.jsonl"
 
-# %% ../nbs/04_refine.ipynb 162
+# %% ../nbs/04_refine.ipynb 184
 def has_geo_tags(df: pd.DataFrame) -> bool:
     """Whether every image of the manifest has a non-empty geo-tag string."""
     return "tags" in df.columns and len(df) > 0 and all(bool(format_tags(t)) for t in df.tags.fillna(""))
 
-# %% ../nbs/04_refine.ipynb 165
+# %% ../nbs/04_refine.ipynb 187
 def has_raw_captions(df: pd.DataFrame) -> bool:
     """Whether the manifest has a `raw_captions` column with a non-empty list of non-empty strings for every image."""
     return "raw_captions" in df.columns and len(df) > 0 and all(
         isinstance(c, (list, tuple)) and len(c) > 0 and all(isinstance(s, str) and s.strip() for s in c) for c in df.raw_captions)
 
-# %% ../nbs/04_refine.ipynb 168
+# %% ../nbs/04_refine.ipynb 190
 def has_raw_text(df: pd.DataFrame) -> bool:
     """Whether the no-LMM variant exists: raw captions for every image, or geo-tags for every image."""
     return has_raw_captions(df) or has_geo_tags(df)
 
-# %% ../nbs/04_refine.ipynb 171
+# %% ../nbs/04_refine.ipynb 193
 def write_release_captions(refined: pd.DataFrame, cfg: Config) -> list[Path]:
     """The refined captions of every domain as release CSVs in `outputs/<profile>/captions/`."""
     folder = paths(profile=cfg.profile)["outputs"] / "captions"
     return [write_refine_csv(refined, folder, d) for d in sorted(set(refined.domain)) if refined[refined.domain == d].ok.any()]
 
-# %% ../nbs/04_refine.ipynb 173
+# %% ../nbs/04_refine.ipynb 195
 def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config | None = None,
                     refined: pd.DataFrame | None = None, cache_path: str | Path | None = None) -> pd.DataFrame:
     """The manifest with refined captions (`use_lmm=True`) or raw text (False: the `raw_captions` shipped with the data, else the geo-tag string)."""
