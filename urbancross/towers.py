@@ -14,6 +14,7 @@ import numpy as np
 import open_clip
 import timm
 import torch
+from fastcore.basics import patch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
@@ -207,60 +208,6 @@ class RetrievalModel(nn.Module):
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.name, self.pretrained, self.segment_tower = name, pretrained, segment_tower
 
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return self.clip.logit_scale
-
-    @property
-    def device(self) -> torch.device:
-        return self.clip.logit_scale.device
-
-    @property
-    def embed_dim(self) -> int:
-        """Dimension of the shared embedding space (the image projection's output)."""
-        return [m for m in self.image_head.modules() if isinstance(m, nn.Linear)][-1].out_features
-
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(list(texts)).to(self.device)
-
-    # trunk features (before the projections)
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(images)
-
-    def segment_features(self, crops: torch.Tensor) -> torch.Tensor:
-        """Trunk features of segment crops `[..., 3, H, W]` -> `[..., D]`."""
-        flat = crops.reshape(-1, *crops.shape[-3:])
-        f = (self.segment_visual or self.clip.visual)(flat)
-        return f.reshape(*crops.shape[:-3], f.shape[-1])
-
-    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.clip.encode_text(self.tokenize(texts))
-
-    # heads (trunk features -> normalised embeddings)
-    def embed_image_features(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_head(f), dim=-1)
-
-    def embed_segment_features(self, f: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Pooled segment embedding per image from slot features `[B, K, D]` and `valid [B, K]`."""
-        slots = F.normalize((self.segment_head or self.image_head)(f), dim=-1)
-        return F.normalize(masked_mean(slots, valid.to(slots.device)), dim=-1)
-
-    def embed_text_features(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_head(f), dim=-1)
-
-    # both at once
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings."""
-        return self.embed_image_features(self.image_features(images))
-
-    def encode_segments(self, crops: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Pooled, L2-normalised segment embeddings of crops `[B, K, 3, H, W]`."""
-        return self.embed_segment_features(self.segment_features(crops), valid)
-
-    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised embeddings of raw caption strings."""
-        return self.embed_text_features(self.text_features(texts))
-
     def forward(self, batch: dict) -> dict:
         """Embeddings of a batch dict: `images` or `image_features`, `texts` or `text_features`,
         `segments` or `segment_features` with `segment_valid`; nested groups (e.g. `source`, `target`) recurse."""
@@ -283,10 +230,75 @@ class RetrievalModel(nn.Module):
                 out["has_segment"] = batch["segment_valid"].any(1).to(out["segment"].device)
         return out
 
-# %% ../nbs/06_towers.ipynb 66
+# %% ../nbs/06_towers.ipynb 67
+@patch(as_prop=True)
+def logit_scale(self: RetrievalModel) -> torch.Tensor:
+    return self.clip.logit_scale
+
+@patch(as_prop=True)
+def device(self: RetrievalModel) -> torch.device:
+    return self.clip.logit_scale.device
+
+@patch(as_prop=True)
+def embed_dim(self: RetrievalModel) -> int:
+    """Dimension of the shared embedding space (the image projection's output)."""
+    return [m for m in self.image_head.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+# %% ../nbs/06_towers.ipynb 71
+@patch
+def tokenize(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
+    return self.tokenizer(list(texts)).to(self.device)
+
+@patch
+def image_features(self: RetrievalModel, images: torch.Tensor) -> torch.Tensor:
+    return self.clip.encode_image(images)
+
+@patch
+def segment_features(self: RetrievalModel, crops: torch.Tensor) -> torch.Tensor:
+    """Trunk features of segment crops `[..., 3, H, W]` -> `[..., D]`."""
+    flat = crops.reshape(-1, *crops.shape[-3:])
+    f = (self.segment_visual or self.clip.visual)(flat)
+    return f.reshape(*crops.shape[:-3], f.shape[-1])
+
+@patch
+def text_features(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
+    return self.clip.encode_text(self.tokenize(texts))
+
+# %% ../nbs/06_towers.ipynb 75
+@patch
+def embed_image_features(self: RetrievalModel, f: torch.Tensor) -> torch.Tensor:
+    return F.normalize(self.image_head(f), dim=-1)
+
+@patch
+def embed_segment_features(self: RetrievalModel, f: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Pooled segment embedding per image from slot features `[B, K, D]` and `valid [B, K]`."""
+    slots = F.normalize((self.segment_head or self.image_head)(f), dim=-1)
+    return F.normalize(masked_mean(slots, valid.to(slots.device)), dim=-1)
+
+@patch
+def embed_text_features(self: RetrievalModel, f: torch.Tensor) -> torch.Tensor:
+    return F.normalize(self.text_head(f), dim=-1)
+
+# %% ../nbs/06_towers.ipynb 79
+@patch
+def encode_image(self: RetrievalModel, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings."""
+    return self.embed_image_features(self.image_features(images))
+
+@patch
+def encode_segments(self: RetrievalModel, crops: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Pooled, L2-normalised segment embeddings of crops `[B, K, 3, H, W]`."""
+    return self.embed_segment_features(self.segment_features(crops), valid)
+
+@patch
+def encode_text(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
+    """L2-normalised embeddings of raw caption strings."""
+    return self.embed_text_features(self.text_features(texts))
+
+# %% ../nbs/06_towers.ipynb 83
 TOWERS = Registry("backbone")
 
-# %% ../nbs/06_towers.ipynb 68
+# %% ../nbs/06_towers.ipynb 85
 def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     pre = cfg.pretrained
     register_model_config(SMOKE_MODEL, smoke_model_config(cfg.image_size, cfg.context_length,
@@ -297,7 +309,7 @@ def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
         log.info(f"model {SMOKE_MODEL}: ImageNet EfficientNet-Lite0 ({n} tensors) + all-MiniLM-L6-v2 from {minilm_path()}")
     return clip, IMAGENET_MEAN, IMAGENET_STD
 
-# %% ../nbs/06_towers.ipynb 70
+# %% ../nbs/06_towers.ipynb 87
 TOWERS.register(SMOKE_MODEL, _smoke_clip)
 for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=True)),
                    ("UC-TinyConvNeXt", dict(vision="convnext"))):
@@ -306,7 +318,7 @@ for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=
         return _open_clip(cfg.replace(model_name=_name))
     TOWERS.register(_name, _tiny)
 
-# %% ../nbs/06_towers.ipynb 73
+# %% ../nbs/06_towers.ipynb 90
 def resolve_model_name(name: str, pretrained: str) -> str:
     """`name`, or its `-quickgelu` variant when the weights are OpenAI's and open_clip has one."""
     if pretrained == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
@@ -314,7 +326,7 @@ def resolve_model_name(name: str, pretrained: str) -> str:
         return f"{name}-quickgelu"
     return name
 
-# %% ../nbs/06_towers.ipynb 76
+# %% ../nbs/06_towers.ipynb 93
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 
 def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
@@ -329,7 +341,7 @@ def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
                                 f"see data/README.md, section 'CLIP (open_clip)'")
     return pretrained
 
-# %% ../nbs/06_towers.ipynb 79
+# %% ../nbs/06_towers.ipynb 96
 def is_torchscript(path: str | Path) -> bool:
     """Whether `path` is a TorchScript archive (a zip with a `code/` folder), like OpenAI's CLIP files."""
     try:
@@ -338,7 +350,7 @@ def is_torchscript(path: str | Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
 
-# %% ../nbs/06_towers.ipynb 82
+# %% ../nbs/06_towers.ipynb 99
 def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
     """Copy the tensors of a TorchScript CLIP archive into `clip` by name (strict); returns the tensor count."""
     state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -352,7 +364,7 @@ def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
                          f"is model_name right (OpenAI files need the -quickgelu variant)?") from e
     return len(state)
 
-# %% ../nbs/06_towers.ipynb 84
+# %% ../nbs/06_towers.ipynb 101
 def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), resolve_weights(cfg.pretrained)
     if pre == "local":
@@ -364,7 +376,7 @@ def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
         log.info(f"model {name}: {n} tensors from the TorchScript archive {pre}")
     return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
 
-# %% ../nbs/06_towers.ipynb 86
+# %% ../nbs/06_towers.ipynb 103
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
     """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`.
 
@@ -378,7 +390,7 @@ def build_model(cfg: Config, device: str | torch.device | None = None) -> Retrie
         set_tf32(cfg.tf32)
     return model.to(device)
 
-# %% ../nbs/06_towers.ipynb 88
+# %% ../nbs/06_towers.ipynb 105
 def _build(cfg: Config) -> RetrievalModel:
     builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
     clip, mean, std = builder(cfg)
@@ -391,7 +403,7 @@ def _build(cfg: Config) -> RetrievalModel:
     return RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
                           train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
 
-# %% ../nbs/06_towers.ipynb 107
+# %% ../nbs/06_towers.ipynb 124
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the tower's largest list of repeated blocks."""
     best, best_n = None, -1
@@ -405,7 +417,7 @@ def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
         raise ValueError(f"{type(tower).__name__}: no stack of repeated blocks found")
     return best
 
-# %% ../nbs/06_towers.ipynb 110
+# %% ../nbs/06_towers.ipynb 127
 def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
     """(prefix, module) of each trunk: image, segment (if separate), text."""
     c = model.clip
@@ -415,7 +427,7 @@ def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
         parts.insert(1, ("segment_visual", model.segment_visual))
     return parts
 
-# %% ../nbs/06_towers.ipynb 113
+# %% ../nbs/06_towers.ipynb 130
 def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
     """Names of the last `blocks` blocks of every trunk and of the non-embedding layers after them."""
     out = set()
@@ -435,11 +447,11 @@ def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
                 out.add(f"{prefix}.{n}")
     return out
 
-# %% ../nbs/06_towers.ipynb 116
+# %% ../nbs/06_towers.ipynb 133
 def _is_head(name: str) -> bool:
     return name.startswith(("image_head.", "text_head.", "segment_head.")) or name == "clip.logit_scale"
 
-# %% ../nbs/06_towers.ipynb 119
+# %% ../nbs/06_towers.ipynb 136
 def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> int:
     """Freeze/unfreeze parameters by `mode` ('all'|'top'|'heads'); returns the trainable count."""
     if mode not in ("all", "top", "heads"):
@@ -449,7 +461,7 @@ def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> 
         p.requires_grad_(mode == "all" or _is_head(n) or n in top)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/06_towers.ipynb 122
+# %% ../nbs/06_towers.ipynb 139
 def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
     """Optimizer groups: heads at `lr`, trunks at `lr_backbone`; no decay on norms, biases, temperature."""
     groups = {(h, d): [] for h in (True, False) for d in (True, False)}
@@ -459,7 +471,7 @@ def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_de
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 126
+# %% ../nbs/06_towers.ipynb 143
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""
@@ -469,7 +481,7 @@ def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_siz
         out.append(model.encode_image(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
-# %% ../nbs/06_towers.ipynb 129
+# %% ../nbs/06_towers.ipynb 146
 @torch.no_grad()
 def embed_texts(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised embeddings of caption strings, on CPU."""
