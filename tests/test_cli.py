@@ -1,7 +1,7 @@
 """The package front and the command line (18_api, 19_cli): `--help` of every command answers without torch,
 train -> save -> Retriever.from_checkpoint -> query round-trips (through `import urbancross` and through
 `python -m urbancross`), heads trained on other trunk weights are refused, corrupt and foreign checkpoints are
-named in the error, and `reproduce` hands its options to `urbancross.experiment.reproduce`.
+named in the error, and `reproduce` hands its options to `urbancross.workflow.reproduce` as one `RunRequest`.
 
 Everything runs on a tiny native open_clip ViT built from config, on generated tiles in a temporary compendium root
 (URBANCROSS_ROOT), so nothing is written to the repository's data/ or checkpoints/."""
@@ -61,10 +61,10 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def heads_retriever(tiny_root):
-    """A retriever trained with `uc.train` on frozen trunks from a weights file, and its checkpoint."""
+    """A retriever trained with `uc.train_retriever` on frozen trunks from a weights file, and its checkpoint."""
     import urbancross as uc
     cfg = uc.get_config("smoke", **TINY, pretrained=str(tiny_root["weights"]), trainable="heads")
-    r = uc.train(cfg)
+    r = uc.train_retriever(cfg)
     return r, r.save(tiny_root["root"] / "ckpt" / "heads.pt")
 
 
@@ -88,7 +88,7 @@ def test_the_front_and_the_cli_module_import_no_torch():
 def test_train_is_the_training_module_in_either_import_order():
     probe = ("import sys; import urbancross.train as t; from urbancross.train import train as loop; "
              "import urbancross as uc; from urbancross import train; "
-             "assert t is uc.train is train is sys.modules['urbancross.train'] and callable(uc.train); "
+             "assert t is uc.train is train is sys.modules['urbancross.train'] and not callable(uc.train); "
              "assert loop is t.train and loop.__module__ == 'urbancross.train'; print('ok')")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
@@ -118,7 +118,7 @@ def test_full_state_round_trip_when_trunks_train(tiny_root):
     import urbancross as uc
     cfg = uc.get_config("smoke", **{**TINY, "epochs": 1}, pretrained="", trainable="all")
     torch.manual_seed(0)
-    r = uc.train(cfg)
+    r = uc.train_retriever(cfg)
     path = r.save(tiny_root["root"] / "ckpt" / "all.pt")
     ck = torch.load(path, weights_only=True)
     assert not ck["model"]["heads_only"] and set(ck["model"]["tensors"]) == set(r.model.state_dict())
@@ -166,7 +166,7 @@ def test_heads_on_other_trunk_weights_are_refused(tiny_root):
     from urbancross.__main__ import app
     weights = tiny_weights(tiny_root["root"] / "weights" / "replaced.pt", seed=0)
     cfg = uc.get_config("smoke", **{**TINY, "epochs": 1}, pretrained=str(weights), trainable="heads")
-    path = uc.train(cfg).save(tiny_root["root"] / "ckpt" / "replaced.pt")
+    path = uc.train_retriever(cfg).save(tiny_root["root"] / "ckpt" / "replaced.pt")
     uc.Retriever.from_checkpoint(path)                                 # loads while the weights are the same
     tiny_weights(weights, seed=1)
     with pytest.raises(ValueError, match="trunk weights differ") as e:
@@ -199,15 +199,16 @@ def test_corrupt_and_foreign_checkpoints_are_named(tiny_root, heads_retriever):
 
 
 def test_reproduce_hands_its_options_to_the_workflow(monkeypatch):
-    import urbancross.experiment
+    import urbancross.workflow
     from typer.testing import CliRunner
     from urbancross.__main__ import app
+    from urbancross.workflow import RunRequest
     calls = []
-    monkeypatch.setattr(urbancross.experiment, "reproduce", lambda **kw: calls.append(kw) or 0, raising=False)
+    monkeypatch.setattr(urbancross.workflow, "reproduce", lambda req: calls.append(req) or 0)
     res = CliRunner().invoke(app, ["reproduce", "--profile", "paper", "--cores", "4", "--dry-run", "--set",
                                    "data_root=/data/uc", "--param", "seeds=[0]", "--only", "23_cross_domain"])
     assert res.exit_code == 0, res.output
-    assert calls == [dict(profile="paper", cores=4, dry_run=True, settings=("data_root=/data/uc",),
-                          params=("seeds=[0]",), only=("23_cross_domain",))]
-    monkeypatch.setattr(urbancross.experiment, "reproduce", lambda **kw: 1)
+    assert calls == [RunRequest("paper", cores=4, dry_run=True, settings=("data_root=/data/uc",),
+                                params=("seeds=[0]",), only=("23_cross_domain",))]
+    monkeypatch.setattr(urbancross.workflow, "reproduce", lambda req: 1)
     assert CliRunner().invoke(app, ["reproduce"]).exit_code == 1

@@ -31,13 +31,13 @@ def _settings():
 
 def _cmd(root, extra=()):
     """The workflow's command line for a run in compendium `root` (its outputs and Snakemake's state go there)."""
-    from urbancross.workflow import reproduce_command
+    from urbancross.workflow import RunRequest, reproduce_command
     old = os.environ.get("URBANCROSS_ROOT")
     os.environ["URBANCROSS_ROOT"] = str(root)
     try:
-        cmd = reproduce_command("smoke", cores=1, settings=_settings(),
-                                params=[f"protocols={PROTOCOLS!r}", "seeds=[0]"], only=["23b_cross_domain_summary"],
-                                grid_chunk="cell", extra=list(extra))
+        cmd = reproduce_command(RunRequest("smoke", cores=1, settings=_settings(),
+                                           params=[f"protocols={PROTOCOLS!r}", "seeds=[0]"], only=["23b_cross_domain_summary"],
+                                           grid_chunk="cell", extra=list(extra)))
     finally:
         os.environ.pop("URBANCROSS_ROOT") if old is None else os.environ.__setitem__("URBANCROSS_ROOT", old)
     assert cmd[cmd.index("--directory") + 1] == str(root) and Path(cmd[cmd.index("--snakefile") + 1]).is_relative_to(ROOT)
@@ -56,8 +56,8 @@ def _env(root):
 
 
 def test_paper_grid_dry_run_lists_the_expected_jobs():
-    from urbancross.workflow import reproduce_command
-    out = subprocess.run(reproduce_command("paper", dry_run=True), capture_output=True, text=True, cwd=ROOT, timeout=300)
+    from urbancross.workflow import RunRequest, reproduce_command
+    out = subprocess.run(reproduce_command(RunRequest("paper", dry_run=True)), capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     counts = dict(re.findall(r"^(\S+)\s+(\d+)$", out.stdout + out.stderr, re.M))
     cells = sum(int(n) for r, n in counts.items() if r.startswith("grid_") and "__" in r)
