@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from PIL import Image, UnidentifiedImageError
 
 from .core import Config, Registry, atomic_write, get_device, get_logger, local_places, paths, project_root, safe_torch_load
@@ -38,8 +39,8 @@ __all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'RELEASE_SOURCE', 'SEGMENT_TABLE
            'state_dict_fingerprint', 'resolve_checkpoint', 'SamSegmenter', 'make_segmenter', 'sam_params',
            'segmenter_from_config', 'SegmentConfig', 'segment_config', 'select_masks', 'fill_colour', 'mask_crop',
            'Segments', 'segments_from_masks', 'segment_image', 'CorruptSegmentCache', 'image_digest', 'config_digest',
-           'save_segments_file', 'load_segments_file', 'SegmentCache', 'UpstreamSegmentZip',
-           'make_upstream_segments_fixture', 'release_signature', 'release_segments', 'open_release', 'load_cached',
+           'save_segments_file', 'load_segments_file', 'SegmentCache', 'make_upstream_segments_fixture',
+           'UpstreamSegmentZip', 'release_signature', 'release_segments', 'open_release', 'load_cached',
            'cached_segments', 'segment_in_pool', 'segment_manifest', 'read_segments', 'stack_segments', 'SegmentStore']
 
 # %% ../nbs/03_segments.ipynb 4
@@ -145,14 +146,6 @@ class SuperpixelSegmenter(Segmenter):
     def summary(self) -> str:
         return self.params.method
 
-    def labels(self, image: np.ndarray) -> np.ndarray:
-        """Integer region label per pixel."""
-        from skimage.segmentation import felzenszwalb, slic
-        p = self.params
-        if p.method == "felzenszwalb":
-            return felzenszwalb(image, scale=p.scale, sigma=p.sigma, min_size=p.min_size)
-        return slic(image, n_segments=p.n_segments, compactness=p.compactness, start_label=0)
-
     def segment(self, image: np.ndarray) -> list[Mask]:
         from skimage.measure import regionprops
         image = _check_image(image)
@@ -168,7 +161,17 @@ class SuperpixelSegmenter(Segmenter):
     def signature(self) -> dict:
         return {"backend": self.name, **dataclasses.asdict(self.params)}
 
-# %% ../nbs/03_segments.ipynb 36
+# %% ../nbs/03_segments.ipynb 34
+@patch
+def labels(self: SuperpixelSegmenter, image: np.ndarray) -> np.ndarray:
+    """Integer region label per pixel."""
+    from skimage.segmentation import felzenszwalb, slic
+    p = self.params
+    if p.method == "felzenszwalb":
+        return felzenszwalb(image, scale=p.scale, sigma=p.sigma, min_size=p.min_size)
+    return slic(image, n_segments=p.n_segments, compactness=p.compactness, start_label=0)
+
+# %% ../nbs/03_segments.ipynb 39
 @dataclass
 class SamParams:
     """SAM model type + `SamAutomaticMaskGenerator` settings (segment-anything's defaults)."""
@@ -190,7 +193,7 @@ class SamParams:
         """Keyword arguments for `SamAutomaticMaskGenerator`."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_type", "device")}
 
-# %% ../nbs/03_segments.ipynb 40
+# %% ../nbs/03_segments.ipynb 43
 def build_tiny_sam(img_size: int = 64, patch_size: int = 8, embed_dim: int = 32, depth: int = 2,
                    num_heads: int = 2, prompt_dim: int = 32, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised, tiny segment-anything `Sam` (for tests; no weights are downloaded)."""
@@ -211,7 +214,7 @@ def build_tiny_sam(img_size: int = 64, patch_size: int = 8, embed_dim: int = 32,
             pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
     return sam.eval()
 
-# %% ../nbs/03_segments.ipynb 43
+# %% ../nbs/03_segments.ipynb 46
 def build_sam_model(model_type: str) -> torch.nn.Module:
     """An untrained SAM: `sam_model_registry[model_type](checkpoint=None)`, or `build_tiny_sam()` for 'tiny'."""
     from segment_anything import sam_model_registry
@@ -221,7 +224,7 @@ def build_sam_model(model_type: str) -> torch.nn.Module:
         raise ValueError(f"unknown SAM model_type {model_type!r}; choose one of {sorted(sam_model_registry)} or 'tiny'")
     return sam_model_registry[model_type](checkpoint=None)
 
-# %% ../nbs/03_segments.ipynb 46
+# %% ../nbs/03_segments.ipynb 49
 def load_sam_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> int:
     """Load a SAM state dict with `weights_only=True` (via `safe_torch_load`); returns the tensor count."""
     state = safe_torch_load(checkpoint)
@@ -238,7 +241,7 @@ def load_sam_checkpoint(model: torch.nn.Module, checkpoint: str | Path) -> int:
         raise ValueError(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}; is SamParams.model_type right?")
     return len(state)
 
-# %% ../nbs/03_segments.ipynb 50
+# %% ../nbs/03_segments.ipynb 53
 def checkpoint_fingerprint(path: str | Path, chunk: int = 4 << 20) -> str:
     """sha256 of a file's size + first and last `chunk` bytes (a cheap content id for large checkpoints)."""
     path = Path(path); size = path.stat().st_size
@@ -249,7 +252,7 @@ def checkpoint_fingerprint(path: str | Path, chunk: int = 4 << 20) -> str:
             f.seek(max(chunk, size - chunk)); h.update(f.read(chunk))
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 53
+# %% ../nbs/03_segments.ipynb 56
 def state_dict_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over a model's state dict (names, shapes, bytes)."""
     h = hashlib.sha256()
@@ -258,12 +261,12 @@ def state_dict_fingerprint(model: torch.nn.Module) -> str:
         h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 57
+# %% ../nbs/03_segments.ipynb 60
 def _checkpoint_places(path: str | Path, root: str | Path | None = None) -> list[Path]:
     """Where a checkpoint is looked for: itself if absolute, else under the working directory, then `root`."""
     return local_places(path, root)
 
-# %% ../nbs/03_segments.ipynb 60
+# %% ../nbs/03_segments.ipynb 63
 def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path:
     """The checkpoint file `path`: as given if absolute, else under the working directory, then the project root."""
     places = _checkpoint_places(path, root)
@@ -274,7 +277,17 @@ def resolve_checkpoint(path: str | Path, root: str | Path | None = None) -> Path
                             f"download sam_vit_h_4b8939.pth (segment-anything, see data/README.md) or use the "
                             f"'superpixel' segmenter")
 
-# %% ../nbs/03_segments.ipynb 62
+# %% ../nbs/03_segments.ipynb 65
+def _require_opencv(params: SamParams) -> None:
+    """segment-anything's small-region post-processing (`min_mask_region_area > 0`) needs OpenCV: checked up front."""
+    if params.min_mask_region_area > 0:
+        try:
+            import cv2  # noqa: F401
+        except ImportError as e:
+            raise ImportError("SamParams.min_mask_region_area > 0 needs OpenCV (pip install opencv-python-headless); "
+                              "set it to 0 to skip segment-anything's small-region post-processing") from e
+
+# %% ../nbs/03_segments.ipynb 68
 @SEGMENTERS.register("sam")
 class SamSegmenter(Segmenter):
     """Segment anything's `SamAutomaticMaskGenerator` behind the `Segmenter` interface."""
@@ -284,29 +297,12 @@ class SamSegmenter(Segmenter):
     def __init__(self, model: torch.nn.Module, params: SamParams | None = None, weights_id: str | None = None):
         from segment_anything import SamAutomaticMaskGenerator
         self.params = params or SamParams()
-        if self.params.min_mask_region_area > 0:
-            try:
-                import cv2  # noqa: F401
-            except ImportError as e:
-                raise ImportError("SamParams.min_mask_region_area > 0 needs OpenCV (pip install opencv-python-headless); "
-                                  "set it to 0 to skip segment-anything's small-region post-processing") from e
+        _require_opencv(self.params)
         self.device = get_device(self.params.device)
         self.model = model.to(self.device).eval()
         self.weights_id = weights_id or state_dict_fingerprint(self.model)
         self.generator = SamAutomaticMaskGenerator(self.model, **self.params.generator_kwargs())
         self.source = "weights in memory"
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, params: SamParams | None = None) -> "SamSegmenter":
-        """Build `params.model_type` with no weights, then load `checkpoint` (see `resolve_checkpoint`) weights-only."""
-        params = params or SamParams()
-        path = resolve_checkpoint(checkpoint)
-        model = build_sam_model(params.model_type)
-        n = load_sam_checkpoint(model, path)
-        seg = cls(model, params, weights_id=checkpoint_fingerprint(path))
-        seg.source = str(path)
-        log.info(f"SAM {params.model_type}: {n} tensors from {path} on {seg.device}")
-        return seg
 
     @classmethod
     def create(cls, checkpoint: str | Path | None = None, sam: SamParams | None = None,
@@ -328,7 +324,20 @@ class SamSegmenter(Segmenter):
         p = {k: v for k, v in dataclasses.asdict(self.params).items() if k != "device"}
         return {"backend": self.name, "weights": self.weights_id, **p}
 
-# %% ../nbs/03_segments.ipynb 66
+# %% ../nbs/03_segments.ipynb 72
+@patch(cls_method=True)
+def from_checkpoint(cls: SamSegmenter, checkpoint: str | Path, params: SamParams | None = None) -> SamSegmenter:
+    """Build `params.model_type` with no weights, then load `checkpoint` (see `resolve_checkpoint`) weights-only."""
+    params = params or SamParams()
+    path = resolve_checkpoint(checkpoint)
+    model = build_sam_model(params.model_type)
+    n = load_sam_checkpoint(model, path)
+    seg = cls(model, params, weights_id=checkpoint_fingerprint(path))
+    seg.source = str(path)
+    log.info(f"SAM {params.model_type}: {n} tensors from {path} on {seg.device}")
+    return seg
+
+# %% ../nbs/03_segments.ipynb 76
 def _auto_segmenter(checkpoint: str | Path | None) -> tuple[str, str | Path | None, str]:
     """The 'auto' policy: ('sam', the checkpoint file, why) if it is found, else ('superpixel', checkpoint, why)."""
     if not checkpoint:
@@ -340,7 +349,7 @@ def _auto_segmenter(checkpoint: str | Path | None) -> tuple[str, str | Path | No
     where = f" (looked for {' and '.join(map(str, places))})" if len(places) > 1 else ""
     return "superpixel", checkpoint, f"SAM checkpoint {checkpoint} does not exist{where}"
 
-# %% ../nbs/03_segments.ipynb 69
+# %% ../nbs/03_segments.ipynb 79
 def make_segmenter(kind: str = "auto", checkpoint: str | Path | None = None, sam: SamParams | None = None,
                    superpixel: SuperpixelParams | None = None, **options) -> Segmenter:
     """The backend `kind` of `SEGMENTERS`, or 'auto': `sam` if `checkpoint` is found, else `superpixel`; logs which and why."""
@@ -351,18 +360,18 @@ def make_segmenter(kind: str = "auto", checkpoint: str | Path | None = None, sam
     log.info(f"segmenter: {kind}" + (f" ({seg.summary()})" if seg.summary() else "") + f" - {why}")
     return seg
 
-# %% ../nbs/03_segments.ipynb 74
+# %% ../nbs/03_segments.ipynb 84
 def sam_params(cfg: Config) -> SamParams:
     """`SamParams` of a run: model type, device, points per side and the two thresholds of `cfg`."""
     return SamParams(model_type=cfg.sam_model_type, device=cfg.device, points_per_side=cfg.sam_points_per_side,
                      pred_iou_thresh=cfg.sam_pred_iou_thresh, stability_score_thresh=cfg.sam_stability_score_thresh)
 
-# %% ../nbs/03_segments.ipynb 77
+# %% ../nbs/03_segments.ipynb 87
 def segmenter_from_config(cfg: Config) -> Segmenter:
     """The segmenter a run's `Config` asks for: `cfg.segmenter` with its SAM checkpoint and settings."""
     return make_segmenter(cfg.segmenter, cfg.sam_checkpoint or None, sam=sam_params(cfg))
 
-# %% ../nbs/03_segments.ipynb 81
+# %% ../nbs/03_segments.ipynb 91
 @dataclass
 class SegmentConfig:
     """How masks become stored segments: selection, crop and padding settings."""
@@ -382,12 +391,12 @@ class SegmentConfig:
         if self.num_stored < 1 or self.crop_size < 1:
             raise ValueError(f"SegmentConfig needs num_stored >= 1 and crop_size >= 1, got {self.num_stored}, {self.crop_size}")
 
-# %% ../nbs/03_segments.ipynb 85
+# %% ../nbs/03_segments.ipynb 95
 def segment_config(cfg: Config, **knobs) -> SegmentConfig:
     """`SegmentConfig` of a run: `num_stored` = `cfg.num_seg_stored`, `crop_size` = `cfg.segment_size`; `knobs` set the rest."""
     return SegmentConfig(num_stored=cfg.num_seg_stored, crop_size=cfg.segment_size, **knobs)
 
-# %% ../nbs/03_segments.ipynb 87
+# %% ../nbs/03_segments.ipynb 97
 def select_masks(masks: Sequence[Mask], image_hw: tuple[int, int], cfg: SegmentConfig) -> list[Mask]:
     """Up to `cfg.num_stored` masks: size-filtered, largest first, near-duplicates dropped. Never uses text."""
     total = image_hw[0] * image_hw[1]
@@ -401,18 +410,18 @@ def select_masks(masks: Sequence[Mask], image_hw: tuple[int, int], cfg: SegmentC
                 break
     return kept
 
-# %% ../nbs/03_segments.ipynb 91
+# %% ../nbs/03_segments.ipynb 101
 def fill_colour(image: np.ndarray, fill: str) -> np.ndarray:
     """The uint8 RGB colour for pixels outside a mask."""
     if fill == "mean":
         return image.reshape(-1, 3).mean(0).round().astype(np.uint8)
     return np.full(3, 255 if fill == "white" else 0, np.uint8)
 
-# %% ../nbs/03_segments.ipynb 94
+# %% ../nbs/03_segments.ipynb 104
 def _resize(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
 
-# %% ../nbs/03_segments.ipynb 97
+# %% ../nbs/03_segments.ipynb 107
 def mask_crop(image: np.ndarray, m: Mask, size: int, fill: np.ndarray) -> np.ndarray:
     """S×S uint8 crop of the mask's box: outside-mask pixels filled, padded square, resized."""
     x, y, w, h = m.bbox
@@ -424,7 +433,7 @@ def mask_crop(image: np.ndarray, m: Mask, size: int, fill: np.ndarray) -> np.nda
     square[oy:oy + h, ox:ox + w] = patch
     return _resize(square, size)
 
-# %% ../nbs/03_segments.ipynb 100
+# %% ../nbs/03_segments.ipynb 110
 @dataclass
 class Segments:
     """The stored segments of one image: k slots of crops with per-slot validity and mask statistics."""
@@ -444,7 +453,7 @@ class Segments:
             valid = np.concatenate([valid, np.zeros(extra, bool)])
         return crops, valid
 
-# %% ../nbs/03_segments.ipynb 103
+# %% ../nbs/03_segments.ipynb 113
 def segments_from_masks(image: np.ndarray, masks: Sequence[Mask], cfg: SegmentConfig) -> Segments:
     """Select masks (no captions involved), crop them, and pad to `cfg.num_stored` slots."""
     k, S = cfg.num_stored, cfg.crop_size
@@ -461,40 +470,40 @@ def segments_from_masks(image: np.ndarray, masks: Sequence[Mask], cfg: SegmentCo
         boxes[i], areas[i], scores[i] = m.bbox, m.area, m.score
     return Segments(crops, valid, boxes, areas, scores, len(masks))
 
-# %% ../nbs/03_segments.ipynb 106
+# %% ../nbs/03_segments.ipynb 116
 def segment_image(image: np.ndarray, segmenter: Segmenter, cfg: SegmentConfig) -> Segments:
     """Run `segmenter` on one image and turn its masks into stored segments."""
     return segments_from_masks(image, segmenter.segment(_check_image(image)), cfg)
 
-# %% ../nbs/03_segments.ipynb 110
+# %% ../nbs/03_segments.ipynb 120
 CACHE_FORMAT = 1
 _ENTRY_KEYS = ("crops", "valid", "boxes", "areas", "scores", "n_masks", "image_hash", "config_hash", "checksum", "format")
 
-# %% ../nbs/03_segments.ipynb 112
+# %% ../nbs/03_segments.ipynb 122
 class CorruptSegmentCache(ValueError):
     """A segment cache entry that cannot be trusted (truncated, altered, or for another image/config)."""
 
-# %% ../nbs/03_segments.ipynb 114
+# %% ../nbs/03_segments.ipynb 124
 def image_digest(image: np.ndarray) -> str:
     """sha256 of an RGB uint8 array's pixels with its size (same scheme as `embedded.pixel_sha256`)."""
     h, w = image.shape[:2]
     return hashlib.sha256(f"{w}x{h}:RGB:".encode() + np.ascontiguousarray(image, np.uint8).tobytes()).hexdigest()
 
-# %% ../nbs/03_segments.ipynb 117
+# %% ../nbs/03_segments.ipynb 127
 def config_digest(signature: dict, cfg: SegmentConfig) -> str:
     """sha256 of the segmenter signature + segment settings + cache format."""
     blob = json.dumps({"segmenter": signature, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
-# %% ../nbs/03_segments.ipynb 120
+# %% ../nbs/03_segments.ipynb 130
 def _arrays_checksum(s: Segments) -> str:
     h = hashlib.sha256()
     for a in (s.crops, s.valid, s.boxes, s.areas, s.scores):
         h.update(f"{a.dtype}{a.shape}".encode()); h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
-# %% ../nbs/03_segments.ipynb 123
+# %% ../nbs/03_segments.ipynb 133
 def save_segments_file(path: str | Path, seg: Segments, image_hash: str, config_hash: str) -> Path:
     """Write one cache entry atomically (compressed `.npz` with hashes and a checksum)."""
     with atomic_write(path, "wb") as f:
@@ -504,7 +513,7 @@ def save_segments_file(path: str | Path, seg: Segments, image_hash: str, config_
                             format=np.int64(CACHE_FORMAT))
     return Path(path)
 
-# %% ../nbs/03_segments.ipynb 126
+# %% ../nbs/03_segments.ipynb 136
 def load_segments_file(path: str | Path, image_hash: str | None = None, config_hash: str | None = None) -> Segments:
     """Read and verify one cache entry; raise `CorruptSegmentCache` naming the file if anything is off."""
     path = Path(path)
@@ -529,7 +538,7 @@ def load_segments_file(path: str | Path, image_hash: str | None = None, config_h
         raise CorruptSegmentCache(f"segment cache entry {path}: {'; '.join(problems)}")
     return seg
 
-# %% ../nbs/03_segments.ipynb 129
+# %% ../nbs/03_segments.ipynb 139
 class SegmentCache:
     """Disk cache of `Segments`: `<root>/<config hash[:16]>/<image hash>.npz`, one file per image."""
     def __init__(self, root: str | Path | None = None):
@@ -557,103 +566,7 @@ class SegmentCache:
     def save(self, image_hash: str, config_hash: str, seg: Segments) -> Path:
         return save_segments_file(self.path(image_hash, config_hash), seg, image_hash, config_hash)
 
-# %% ../nbs/03_segments.ipynb 133
-_SEGMENT_FILE = re.compile(r"^(?P<stem>.+)_(?P<idx>\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
-
-class UpstreamSegmentZip:
-    """Segment crops of the upstream `image_segments.zip` (`image_segments/<stem>/<stem>_<i>.jpg`)."""
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"segment zip not found: {self.path}")
-        try:
-            self._zip = zipfile.ZipFile(self.path)
-        except zipfile.BadZipFile as e:
-            raise ValueError(f"{self.path}: not a valid zip file ({e})") from e
-        self.index: dict[str, list[tuple[int, str]]] = {}
-        for name in self._zip.namelist():
-            parts = PurePosixPath(name).parts
-            if len(parts) < 2 or parts[0] == "__MACOSX":
-                continue
-            if name.endswith("/"):                       # folder entry: a stem, maybe without segments
-                self.index.setdefault(parts[-1], [])
-                continue
-            m = _SEGMENT_FILE.match(parts[-1])
-            if m and m["stem"] == parts[-2]:
-                self.index.setdefault(parts[-2], []).append((int(m["idx"]), name))
-        for v in self.index.values():
-            v.sort()
-        self._by_nfc: dict[str, list[str]] = {}
-        for stem in self.index:
-            self._by_nfc.setdefault(unicodedata.normalize("NFC", stem), []).append(stem)
-        self._logged_lookalikes: set[str] = set()
-
-    MAX_MEMBER_BYTES = 64 << 20      # a segment file of a tile is well under 1 MB
-
-    def _stem(self, stem: str) -> str | None:
-        """The zip's own spelling of `stem`: as given, else its one look-alike in another Unicode form (logged), else None."""
-        if stem in self.index:
-            return stem
-        alike = self._by_nfc.get(unicodedata.normalize("NFC", stem), [])
-        if len(alike) != 1:
-            return None
-        if stem not in self._logged_lookalikes:
-            self._logged_lookalikes.add(stem)
-            FALLBACKS["unicode_name"] += 1
-            log.info(f"{self.path}: image stem {ascii(stem)} matched segment folder {ascii(alike[0])} only after "
-                     "Unicode normalisation (NFC/NFD)")
-        return alike[0]
-
-    def stems(self) -> list[str]:
-        """Image stems that have a segment folder in the zip."""
-        return sorted(self.index)
-
-    def count(self, stem: str) -> int:
-        """Number of segment files of image `stem` (0 if it has no folder or an empty one)."""
-        found = self._stem(stem)
-        return len(self.index[found]) if found is not None else 0
-
-    def _read(self, member: str) -> np.ndarray:
-        where = f"{self.path}:{member}"
-        size = self._zip.getinfo(member).file_size
-        if size > self.MAX_MEMBER_BYTES:
-            raise ImageLoadError(f"{where} is {size} bytes uncompressed, more than the "
-                                 f"{self.MAX_MEMBER_BYTES} a segment file may have; is the zip damaged?")
-        try:
-            data = self._zip.read(member)
-        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as e:
-            raise ImageLoadError(f"{where} cannot be read from the zip ({type(e).__name__}: {e}); "
-                                 "re-create the zip without encryption, with deflate or store") from e
-        try:
-            with pixel_limit_enforced(), Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return np.asarray(upright(im, where).convert("RGB"))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise too_many_pixels(where, e) from e
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-            raise ImageLoadError(f"{where} is not a readable image ({e})") from e
-
-    def load(self, stem: str, num_seg: int = 10, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """(crops [num_seg, size, size, 3] uint8, valid [num_seg] bool) for image `stem`."""
-        found = self._stem(stem)
-        if found is None:
-            raise KeyError(f"{self.path}: no segment folder for image {stem!r} ({len(self.index)} stems in the zip)")
-        members = self.index[found][:num_seg]
-        crops = np.zeros((num_seg, size, size, 3), np.uint8)
-        for i, (_, member) in enumerate(members):
-            crops[i] = _resize(self._read(member), size)
-        return crops, np.arange(num_seg) < len(members)
-
-    def close(self) -> None:
-        self._zip.close()
-
-    def __enter__(self) -> "UpstreamSegmentZip":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-# %% ../nbs/03_segments.ipynb 135
+# %% ../nbs/03_segments.ipynb 144
 def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], size: int = 32) -> Path:
     """Write a small `image_segments.zip` in the upstream layout; segment i of a stem is grey level 10*i+5."""
     path = Path(path)
@@ -668,16 +581,126 @@ def make_upstream_segments_fixture(path: str | Path, counts: dict[str, int], siz
         z.writestr("__MACOSX/image_segments/._x_0.jpg", b"junk")
     return path
 
-# %% ../nbs/03_segments.ipynb 142
+# %% ../nbs/03_segments.ipynb 147
+_SEGMENT_FILE = re.compile(r"^(?P<stem>.+)_(?P<idx>\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
+
+def _segment_index(names: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+    """{stem: [(i, member), ...] in the order of i} of the `image_segments/<stem>/<stem>_<i>.jpg` members among `names`."""
+    index: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if len(parts) < 2 or parts[0] == "__MACOSX":
+            continue
+        if name.endswith("/"):                       # folder entry: a stem, maybe without segments
+            index.setdefault(parts[-1], [])
+            continue
+        m = _SEGMENT_FILE.match(parts[-1])
+        if m and m["stem"] == parts[-2]:
+            index.setdefault(parts[-2], []).append((int(m["idx"]), name))
+    for v in index.values():
+        v.sort()
+    return index
+
+# %% ../nbs/03_segments.ipynb 150
+class UpstreamSegmentZip:
+    """Segment crops of the upstream `image_segments.zip` (`image_segments/<stem>/<stem>_<i>.jpg`)."""
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"segment zip not found: {self.path}")
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{self.path}: not a valid zip file ({e})") from e
+        self.index: dict[str, list[tuple[int, str]]] = _segment_index(self._zip.namelist())
+        self._by_nfc: dict[str, list[str]] = {}
+        for stem in self.index:
+            self._by_nfc.setdefault(unicodedata.normalize("NFC", stem), []).append(stem)
+        self._logged_lookalikes: set[str] = set()
+
+    MAX_MEMBER_BYTES = 64 << 20      # a segment file of a tile is well under 1 MB
+
+    def stems(self) -> list[str]:
+        """Image stems that have a segment folder in the zip."""
+        return sorted(self.index)
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> "UpstreamSegmentZip":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+# %% ../nbs/03_segments.ipynb 153
+@patch
+def _stem(self: UpstreamSegmentZip, stem: str) -> str | None:
+    """The zip's own spelling of `stem`: as given, else its one look-alike in another Unicode form (logged), else None."""
+    if stem in self.index:
+        return stem
+    alike = self._by_nfc.get(unicodedata.normalize("NFC", stem), [])
+    if len(alike) != 1:
+        return None
+    if stem not in self._logged_lookalikes:
+        self._logged_lookalikes.add(stem)
+        FALLBACKS["unicode_name"] += 1
+        log.info(f"{self.path}: image stem {ascii(stem)} matched segment folder {ascii(alike[0])} only after "
+                 "Unicode normalisation (NFC/NFD)")
+    return alike[0]
+
+# %% ../nbs/03_segments.ipynb 155
+@patch
+def count(self: UpstreamSegmentZip, stem: str) -> int:
+    """Number of segment files of image `stem` (0 if it has no folder or an empty one)."""
+    found = self._stem(stem)
+    return len(self.index[found]) if found is not None else 0
+
+# %% ../nbs/03_segments.ipynb 158
+@patch
+def _read(self: UpstreamSegmentZip, member: str) -> np.ndarray:
+    where = f"{self.path}:{member}"
+    size = self._zip.getinfo(member).file_size
+    if size > self.MAX_MEMBER_BYTES:
+        raise ImageLoadError(f"{where} is {size} bytes uncompressed, more than the "
+                             f"{self.MAX_MEMBER_BYTES} a segment file may have; is the zip damaged?")
+    try:
+        data = self._zip.read(member)
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as e:
+        raise ImageLoadError(f"{where} cannot be read from the zip ({type(e).__name__}: {e}); "
+                             "re-create the zip without encryption, with deflate or store") from e
+    try:
+        with pixel_limit_enforced(), Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(upright(im, where).convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise too_many_pixels(where, e) from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageLoadError(f"{where} is not a readable image ({e})") from e
+
+# %% ../nbs/03_segments.ipynb 162
+@patch
+def load(self: UpstreamSegmentZip, stem: str, num_seg: int = 10, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(crops [num_seg, size, size, 3] uint8, valid [num_seg] bool) for image `stem`."""
+    found = self._stem(stem)
+    if found is None:
+        raise KeyError(f"{self.path}: no segment folder for image {stem!r} ({len(self.index)} stems in the zip)")
+    members = self.index[found][:num_seg]
+    crops = np.zeros((num_seg, size, size, 3), np.uint8)
+    for i, (_, member) in enumerate(members):
+        crops[i] = _resize(self._read(member), size)
+    return crops, np.arange(num_seg) < len(members)
+
+# %% ../nbs/03_segments.ipynb 169
 RELEASE_SOURCE = "release"          # `segment_source` of segments read from a release zip
 SEGMENT_TABLE_COLUMNS = ["image_id", "image_hash", "segment_path", "n_valid", "n_masks", "segment_source"]
 
-# %% ../nbs/03_segments.ipynb 144
+# %% ../nbs/03_segments.ipynb 171
 def release_signature(path: str | Path) -> dict:
     """The cache signature of segments read from the release zip `path`: its content fingerprint."""
     return {"backend": "release-zip", "zip": checkpoint_fingerprint(path)}
 
-# %% ../nbs/03_segments.ipynb 147
+# %% ../nbs/03_segments.ipynb 174
 def release_segments(zf: UpstreamSegmentZip, stem: str, image: np.ndarray, cfg: SegmentConfig) -> Segments:
     """Stored `Segments` of image `stem` from a release zip: its first `cfg.num_stored` files at `cfg.crop_size`."""
     k = cfg.num_stored
@@ -687,7 +710,7 @@ def release_segments(zf: UpstreamSegmentZip, stem: str, image: np.ndarray, cfg: 
     return Segments(crops, valid, np.zeros((k, 4), np.int32), np.zeros(k, np.int64), np.zeros(k, np.float32),
                     zf.count(stem))
 
-# %% ../nbs/03_segments.ipynb 150
+# %% ../nbs/03_segments.ipynb 177
 def open_release(release: Mapping[str, str | Path] | None, cfg: SegmentConfig, cache: SegmentCache,
                  stack: ExitStack) -> dict[str, tuple[UpstreamSegmentZip, str]]:
     """{domain: (open zip, its config hash)} of `release`, each zip closed with `stack` and described in `cache`."""
@@ -701,7 +724,7 @@ def open_release(release: Mapping[str, str | Path] | None, cfg: SegmentConfig, c
         out[domain] = (zf, chash)
     return out
 
-# %% ../nbs/03_segments.ipynb 152
+# %% ../nbs/03_segments.ipynb 179
 def load_cached(cache: SegmentCache, image_hash: str, config_hash: str, on_corrupt: str = "recompute",
                 image_id: str = "") -> tuple[Segments | None, bool]:
     """(verified cache entry or None, corrupt?) of one image; a corrupt entry is logged and counts as absent."""
@@ -713,7 +736,7 @@ def load_cached(cache: SegmentCache, image_hash: str, config_hash: str, on_corru
         log.warning(f"{e} (image {image_id}); recomputing it")
         return None, True
 
-# %% ../nbs/03_segments.ipynb 155
+# %% ../nbs/03_segments.ipynb 182
 def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make: Callable[[], Segments],
                     on_corrupt: str = "recompute", image_id: str = "") -> tuple[Segments, bool, bool]:
     """(segments, hit?, corrupt?) of one image: the verified cache entry, else `make()` written to the cache."""
@@ -724,7 +747,7 @@ def cached_segments(cache: SegmentCache, image_hash: str, config_hash: str, make
     cache.save(image_hash, config_hash, seg)
     return seg, False, corrupt
 
-# %% ../nbs/03_segments.ipynb 158
+# %% ../nbs/03_segments.ipynb 185
 _WORKER: tuple = ()      # (segmenter, SegmentConfig) of a worker process, set by `_init_segment_worker`
 
 def _init_segment_worker(segmenter: Segmenter, cfg: SegmentConfig) -> None:
@@ -732,14 +755,14 @@ def _init_segment_worker(segmenter: Segmenter, cfg: SegmentConfig) -> None:
     global _WORKER
     _WORKER = (segmenter, cfg)
 
-# %% ../nbs/03_segments.ipynb 160
+# %% ../nbs/03_segments.ipynb 187
 def _segment_path(path: str) -> tuple[str, Segments]:
     """(image hash, segments) of the image at `path`, in a worker process."""
     segmenter, cfg = _WORKER
     image = np.asarray(load_image(path))
     return image_digest(image), segment_image(image, segmenter, cfg)
 
-# %% ../nbs/03_segments.ipynb 163
+# %% ../nbs/03_segments.ipynb 190
 def segment_in_pool(paths: Sequence[str], segmenter: Segmenter, cfg: SegmentConfig, workers: int) -> Iterator[tuple[str, Segments]]:
     """(image hash, segments) of each image of `paths`, in order, computed by `workers` forked processes."""
     ctx = multiprocessing.get_context("fork")
@@ -747,18 +770,25 @@ def segment_in_pool(paths: Sequence[str], segmenter: Segmenter, cfg: SegmentConf
                              initargs=(segmenter, cfg)) as pool:
         yield from pool.map(_segment_path, paths, chunksize=max(1, len(paths) // (4 * workers)))
 
-# %% ../nbs/03_segments.ipynb 165
+# %% ../nbs/03_segments.ipynb 192
 def _table_row(image_id: str, ihash: str, path: Path, seg: Segments | None, num_seg: int, source: str) -> dict:
     """One row of the segment table (`n_valid`, `n_masks` None until `seg` is known)."""
     known = seg is not None
     return dict(image_id=image_id, image_hash=ihash, segment_path=str(path), n_valid=int(seg.valid[:num_seg].sum()) if known else None,
                 n_masks=seg.n_masks if known else None, segment_source=source)
 
-# %% ../nbs/03_segments.ipynb 168
-def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
-                     cfg: SegmentConfig | None = None, on_corrupt: str = "recompute",
-                     release: Mapping[str, str | Path] | None = None, workers: int = 1) -> tuple[pd.DataFrame, dict]:
-    """Fill `cache` with the segments of every image in `df`, from `release` zips where they have them; (table, stats)."""
+# %% ../nbs/03_segments.ipynb 196
+def _describe_segmenter(cache: SegmentCache, segmenter: Segmenter, cfg: SegmentConfig) -> str:
+    """The config hash of `segmenter`'s entries with settings `cfg`, described in `cache` (its `config.json`)."""
+    sig = segmenter.signature()
+    chash = config_digest(sig, cfg)
+    cache.describe(chash, {"segmenter": sig, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT})
+    return chash
+
+# %% ../nbs/03_segments.ipynb 199
+def _pooled_misses(df: pd.DataFrame, segmenter: Segmenter, on_corrupt: str, release: Mapping[str, str | Path] | None,
+                   workers: int) -> bool:
+    """`segment_manifest`'s arguments checked; whether its misses go to worker processes (a log line says when they cannot)."""
     if on_corrupt not in ("recompute", "raise"):
         raise ValueError(f"on_corrupt={on_corrupt!r}; choose 'recompute' or 'raise'")
     if workers < 1:
@@ -769,10 +799,41 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
     if release and "domain" not in df.columns:
         raise ValueError(f"segment_manifest(release=...) matches zips to images by the manifest's 'domain' column, "
                          f"which this manifest lacks (columns {list(df.columns)})")
+    return pooled
+
+# %% ../nbs/03_segments.ipynb 202
+def _compute_pending(pending: list[tuple[int, str, str]], rows: list[dict], segmenter: Segmenter, cfg: SegmentConfig,
+                     workers: int, cache: SegmentCache, chash: str, num_seg: int) -> None:
+    """The queued misses `(row, image path, image hash)` segmented by worker processes, saved to `cache` and put in `rows`."""
+    log.info(f"segments: {len(pending)} misses of backend {segmenter.name} computed in {min(workers, len(pending))} worker processes")
+    with progress(segment_in_pool([p for _, p, _ in pending], segmenter, cfg, workers), total=len(pending),
+                  desc=f"segments ({segmenter.name}, {min(workers, len(pending))} workers)", unit="image") as computed:
+        for (got, seg), (i, path, ihash) in zip(computed, pending):       # bar first: it counts the last one too
+            if got != ihash:
+                raise ValueError(f"{path} changed while segment_manifest was running (hash {ihash[:12]} then {got[:12]}); run it again")
+            cache.save(ihash, chash, seg)
+            rows[i] = _table_row(rows[i]["image_id"], ihash, cache.path(ihash, chash), seg, num_seg, segmenter.name)
+
+# %% ../nbs/03_segments.ipynb 204
+def _log_segment_run(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, chash: str,
+                     zips: dict[str, tuple[UpstreamSegmentZip, str]], per_zip: Counter, n: Counter, stats: dict) -> None:
+    """The log lines of a `segment_manifest` run: one per release zip, then the totals."""
+    for domain, (zf, zhash) in zips.items():
+        total = int((df.domain == domain).sum())
+        log.info(f"segments: {per_zip[domain]} of {total} '{domain}' images from release zip {zf.path} "
+                 f"(config {zhash[:16]}), {total - per_zip[domain]} by {segmenter.name}")
+    log.info(f"segments: backend {segmenter.name}, config {chash[:16]} in {cache.root}: {len(df)} images "
+             f"({stats['from_release']} from release zips), {n['hits']} hits, {n['misses']} misses "
+             f"({n['corrupt']} corrupt recomputed) in {stats['seconds']:.2f} s")
+
+# %% ../nbs/03_segments.ipynb 208
+def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
+                     cfg: SegmentConfig | None = None, on_corrupt: str = "recompute",
+                     release: Mapping[str, str | Path] | None = None, workers: int = 1) -> tuple[pd.DataFrame, dict]:
+    """Fill `cache` with the segments of every image in `df`, from `release` zips where they have them; (table, stats)."""
+    pooled = _pooled_misses(df, segmenter, on_corrupt, release, workers)
     cfg = cfg or SegmentConfig()
-    sig = segmenter.signature()
-    chash = config_digest(sig, cfg)
-    cache.describe(chash, {"segmenter": sig, "segments": dataclasses.asdict(cfg), "format": CACHE_FORMAT})
+    chash = _describe_segmenter(cache, segmenter, cfg)
     rows, pending, n, per_zip, t0 = [], [], Counter(hits=0, misses=0, corrupt=0), Counter(), time.perf_counter()
     with ExitStack() as stack:
         zips = open_release(release, cfg, cache, stack)
@@ -800,36 +861,23 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
             bar.set_postfix(dict(hits=n["hits"], computed=n["misses"] - len(pending), **({"queued": len(pending)} if pooled else {})),
                             refresh=False)
     if pending:
-        log.info(f"segments: {len(pending)} misses of backend {segmenter.name} computed in {min(workers, len(pending))} worker processes")
-        with progress(segment_in_pool([p for _, p, _ in pending], segmenter, cfg, workers), total=len(pending),
-                      desc=f"segments ({segmenter.name}, {min(workers, len(pending))} workers)", unit="image") as computed:
-            for (got, seg), (i, path, ihash) in zip(computed, pending):       # bar first: it counts the last one too
-                if got != ihash:
-                    raise ValueError(f"{path} changed while segment_manifest was running (hash {ihash[:12]} then {got[:12]}); run it again")
-                cache.save(ihash, chash, seg)
-                rows[i] = _table_row(rows[i]["image_id"], ihash, cache.path(ihash, chash), seg, num_seg, segmenter.name)
+        _compute_pending(pending, rows, segmenter, cfg, workers, cache, chash, num_seg)
     stats = dict(images=len(df), **n, from_release=sum(per_zip.values()), seconds=time.perf_counter() - t0)
-    for domain, (zf, zhash) in zips.items():
-        total = int((df.domain == domain).sum())
-        log.info(f"segments: {per_zip[domain]} of {total} '{domain}' images from release zip {zf.path} "
-                 f"(config {zhash[:16]}), {total - per_zip[domain]} by {segmenter.name}")
-    log.info(f"segments: backend {segmenter.name}, config {chash[:16]} in {cache.root}: {len(df)} images "
-             f"({stats['from_release']} from release zips), {n['hits']} hits, {n['misses']} misses "
-             f"({n['corrupt']} corrupt recomputed) in {stats['seconds']:.2f} s")
+    _log_segment_run(df, segmenter, cache, chash, zips, per_zip, n, stats)
     return pd.DataFrame(rows, columns=SEGMENT_TABLE_COLUMNS), stats
 
-# %% ../nbs/03_segments.ipynb 170
+# %% ../nbs/03_segments.ipynb 210
 def read_segments(path: str | Path, num_seg: int = 10, image_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(crops [num_seg, S, S, 3] uint8, valid [num_seg] bool) of one verified cache entry (of `image_hash`, if given)."""
     return load_segments_file(path, image_hash).take(num_seg)
 
-# %% ../nbs/03_segments.ipynb 173
+# %% ../nbs/03_segments.ipynb 213
 def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Stack the entries of a `segment_manifest` table: crops [N, num_seg, S, S, 3], valid [N, num_seg]."""
     pairs = [read_segments(p, num_seg) for p in table.segment_path]
     return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
 
-# %% ../nbs/03_segments.ipynb 193
+# %% ../nbs/03_segments.ipynb 233
 class SegmentStore(Mapping):
     """Read-only `{image_id: (crops [num_seg, S, S, 3] uint8, valid [num_seg] bool)}` read from the cache on access."""
     def __init__(self, table: pd.DataFrame, num_seg: int = 10):
