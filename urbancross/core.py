@@ -119,10 +119,10 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
 
-# %% ../nbs/00_core.ipynb 32
+# %% ../nbs/00_core.ipynb 33
 @dataclass
-class Config:
-    """Everything one run needs; build it with `get_config`."""
+class _RunFields:
+    """What a run is and which data it reads (`02_datasets`)."""
     profile: str = "smoke"
     seed: int = 0
     device: str = "auto"
@@ -133,7 +133,11 @@ class Config:
     images_per_domain: int = 200           # embedded data only
     tile_size: int = 128                   # embedded data only
     embedded_split: tuple = (0.7, 0.1, 0.2)  # embedded data only: train / val / test fractions of each domain
-    # model (06_towers)
+
+# %% ../nbs/00_core.ipynb 36
+@dataclass
+class _ModelFields(_RunFields):
+    """The towers (`06_towers`) and which of their weights train."""
     model_name: str = "UC-EfficientNetLite0-MiniLM"   # any open_clip name, or one registered in TOWERS
     pretrained: str = "local"              # 'local' (shipped towers), an open_clip tag, a file path, or '' (random)
     image_size: int = 96
@@ -142,7 +146,11 @@ class Config:
     trainable_blocks: int = 1              # blocks of each tower trained under trainable='top'
     adapter_blocks: int = 1                # residual MLP blocks below each projection (identity at start; 0 = none)
     segment_tower: str = "separate"        # 'separate' (upstream: its own copy of the image tower) | 'shared'
-    # alignment training (07_losses, 12_train)
+
+# %% ../nbs/00_core.ipynb 39
+@dataclass
+class _TrainingFields(_ModelFields):
+    """Alignment training (`07_losses`, `12_train`): loss, schedule, precision, the cached-feature path."""
     loss: str = "infonce"                  # 'infonce' | 'triplet' (upstream hinge, summed over negatives)
     margin: float = 0.2
     epochs: int = 4
@@ -162,7 +170,11 @@ class Config:
     eval_block_size: int = 1024
     threads: int = 2
     progress: str = "auto"                 # tqdm bars: 'auto' (only on a terminal) | 'on' | 'off'
-    # SAM segments (03_segments)
+
+# %% ../nbs/00_core.ipynb 42
+@dataclass
+class _SegmentFields(_TrainingFields):
+    """SAM segments (`03_segments`), their loss weights and test-time fusion, and the LMM captions (`04_refine`)."""
     use_sam: bool = True                   # False gives the "without SAM" ablation
     segmenter: str = "auto"                # 'auto' (SAM if a checkpoint exists, else superpixels) | 'sam' | 'superpixel'
     sam_checkpoint: str = ""               # path of a SAM checkpoint (vit_h / vit_l / vit_b)
@@ -181,7 +193,11 @@ class Config:
     # LMM captions (04_refine)
     use_lmm: bool = True                   # False: the raw geo-tag text instead of the (refined) captions
     lmm_model: str = ""                    # InstructBLIP model id or local folder; '' = captions shipped with the data
-    # cross-domain fine-tuning (08_curriculum, 09_adversarial, 13_protocols); upstream finetune scripts
+
+# %% ../nbs/00_core.ipynb 45
+@dataclass
+class Config(_SegmentFields):
+    """Everything one run needs; build it with `get_config`."""
     da_epochs: int = 5                     # passes over the target fine-tuning slice
     da_lr: float = 1e-7                    # one learning rate for everything trainable (upstream: Adam 1e-7)
     source_batch: int = 80
@@ -208,7 +224,7 @@ class Config:
         """Plain-dict view, for logs and result sidecars."""
         return dataclasses.asdict(self)
 
-# %% ../nbs/00_core.ipynb 34
+# %% ../nbs/00_core.ipynb 47
 PROFILES: dict[str, dict] = {
     # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule;
     # 1000 tiles per domain split 40/10/50, so every domain has 500 test images (2500 captions) to decide with
@@ -230,7 +246,7 @@ def get_config(profile: str = "smoke", **overrides: Any) -> Config:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     return Config(profile=profile, **{**PROFILES[profile], **overrides})
 
-# %% ../nbs/00_core.ipynb 37
+# %% ../nbs/00_core.ipynb 50
 class Registry(dict):
     """Named entries of one kind; `@REG.register("name")` or `REG.register("name", obj)` adds one."""
     def __init__(self, kind: str):
@@ -252,7 +268,7 @@ class Registry(dict):
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {sorted(self)}")
         return self[name]
 
-# %% ../nbs/00_core.ipynb 40
+# %% ../nbs/00_core.ipynb 53
 PER_PROFILE = ("results", "figures", "outputs")
 
 def paths(root: str | Path | None = None, profile: str | None = None) -> dict[str, Path]:
@@ -264,7 +280,7 @@ def paths(root: str | Path | None = None, profile: str | None = None) -> dict[st
     out["root"] = root
     return out
 
-# %% ../nbs/00_core.ipynb 42
+# %% ../nbs/00_core.ipynb 55
 def git_sha(root: str | Path | None = None) -> str:
     """The current commit of the compendium, or 'unknown' outside git."""
     try:
@@ -273,7 +289,7 @@ def git_sha(root: str | Path | None = None) -> str:
     except Exception:
         return "unknown"
 
-# %% ../nbs/00_core.ipynb 44
+# %% ../nbs/00_core.ipynb 57
 def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None) -> Path:
     """Save `fig` as `figures/<params['profile']>/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
     if figures_dir is None and not (params or {}).get("profile"):

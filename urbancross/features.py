@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch_to
 from PIL import Image
 
 from .core import Config, atomic_torch_save, get_logger, safe_torch_load
@@ -96,23 +97,6 @@ class FeatureBank:
         """The image ids, in row order."""
         return list(self.image_ids)
 
-    def select(self, domain: str | None = None, split: str | None = None) -> FeatureBank:
-        """The images of `domain` and `split` (None: any), in order, with their captions."""
-        return _take(self, np.flatnonzero(row_mask(self.domains, self.splits, domain, split)))
-
-    def by_ids(self, ids: Iterable[str]) -> FeatureBank:
-        """The images whose id is in `ids`, in the bank's own order, with their captions."""
-        keep = set(ids)
-        return _take(self, [i for i, x in enumerate(self.image_ids) if x in keep])
-
-    def concat(self, other: FeatureBank) -> FeatureBank:
-        """These images and captions, then those of `other`."""
-        return _concat_banks(self, other)
-
-    def fingerprint(self) -> str:
-        """Hash of the image ids, captions and feature sums: what a stored training state was made from."""
-        return _bank_fingerprint(self)
-
     def to_dict(self) -> dict:
         """Plain types only, so it loads back with `weights_only=True`."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -131,34 +115,50 @@ def _take(bank: FeatureBank, idx: Sequence[int]) -> FeatureBank:
                        [t for t, k in zip(bank.texts, keep.tolist()) if k], bank.text_features[keep],
                        remap[bank.text_owner[keep]], seg, valid)
 
-# %% ../nbs/10_features.ipynb 26
-def _concat_banks(a: FeatureBank, b: FeatureBank) -> FeatureBank:
-    """The images and captions of `a`, then those of `b` (whose caption owners move up by `len(a)`)."""
-    return FeatureBank(a.image_ids + b.image_ids, a.domains + b.domains, a.splits + b.splits,
-                       torch.cat([a.images, b.images]), a.texts + b.texts, torch.cat([a.text_features, b.text_features]),
-                       torch.cat([a.text_owner, b.text_owner + len(a)]),
-                       None if a.segments is None else torch.cat([a.segments, b.segments]),
-                       None if a.segment_valid is None else torch.cat([a.segment_valid, b.segment_valid]))
+# %% ../nbs/10_features.ipynb 27
+@patch_to(FeatureBank)
+def select(self, domain: str | None = None, split: str | None = None) -> FeatureBank:
+    """The images of `domain` and `split` (None: any), in order, with their captions."""
+    return _take(self, np.flatnonzero(row_mask(self.domains, self.splits, domain, split)))
 
 # %% ../nbs/10_features.ipynb 29
-def _bank_fingerprint(bank: FeatureBank) -> str:
-    """Hash of a bank's image ids and captions and the shape and sums of its image, text and segment features."""
+@patch_to(FeatureBank)
+def by_ids(self, ids: Iterable[str]) -> FeatureBank:
+    """The images whose id is in `ids`, in the bank's own order, with their captions."""
+    keep = set(ids)
+    return _take(self, [i for i, x in enumerate(self.image_ids) if x in keep])
+
+# %% ../nbs/10_features.ipynb 31
+@patch_to(FeatureBank)
+def concat(self, other: FeatureBank) -> FeatureBank:
+    """These images and captions, then those of `other` (whose caption owners move up by `len(self)`)."""
+    return FeatureBank(self.image_ids + other.image_ids, self.domains + other.domains, self.splits + other.splits,
+                       torch.cat([self.images, other.images]), self.texts + other.texts,
+                       torch.cat([self.text_features, other.text_features]),
+                       torch.cat([self.text_owner, other.text_owner + len(self)]),
+                       None if self.segments is None else torch.cat([self.segments, other.segments]),
+                       None if self.segment_valid is None else torch.cat([self.segment_valid, other.segment_valid]))
+
+# %% ../nbs/10_features.ipynb 34
+@patch_to(FeatureBank)
+def fingerprint(self) -> str:
+    """Hash of the image ids, captions and feature sums: what a stored training state was made from."""
     h = hashlib.sha256()
-    h.update(json.dumps([list(bank.image_ids), bank.texts]).encode())
-    for t in (bank.images, bank.text_features, bank.segments):
+    h.update(json.dumps([list(self.image_ids), self.texts]).encode())
+    for t in (self.images, self.text_features, self.segments):
         if t is not None:
             q = t.double()
             h.update(f"{tuple(t.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
     return h.hexdigest()[:20]
 
-# %% ../nbs/10_features.ipynb 32
+# %% ../nbs/10_features.ipynb 37
 Rows = Manifest | FeatureBank      # rows of images: a manifest (pixels) or a bank of their cached trunk features
 
-# %% ../nbs/10_features.ipynb 37
+# %% ../nbs/10_features.ipynb 42
 def _hasher(*settings) -> "hashlib._Hash":
     return hashlib.sha256(json.dumps(list(settings)).encode())
 
-# %% ../nbs/10_features.ipynb 39
+# %% ../nbs/10_features.ipynb 44
 @torch.no_grad()
 def trunk_fingerprint(model: RetrievalModel) -> str:
     """Hash of every trunk tensor's name, shape and sums: a trunk trained since differs."""
@@ -169,7 +169,7 @@ def trunk_fingerprint(model: RetrievalModel) -> str:
             h.update(f"{n}|{tuple(p.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
     return h.hexdigest()[:16]
 
-# %% ../nbs/10_features.ipynb 41
+# %% ../nbs/10_features.ipynb 46
 def segment_fingerprint(segments: Mapping, image_id: str, num_seg: int) -> bytes:
     """What identifies an image's segments in the image key: a segment cache entry's stored checksum
     (verified when the crops are read), else the bytes of the first `num_seg` crops and flags."""
@@ -183,7 +183,7 @@ def segment_fingerprint(segments: Mapping, image_id: str, num_seg: int) -> bytes
     crops, valid = segments[image_id]
     return np.ascontiguousarray(crops[:num_seg]).tobytes() + np.asarray(valid[:num_seg], bool).tobytes()
 
-# %% ../nbs/10_features.ipynb 43
+# %% ../nbs/10_features.ipynb 48
 def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, trunk: str = "") -> str:
     """Hash of the image-tower settings and trunk, image ids and contents, and segment crops of a manifest."""
     h = _hasher("images", cfg.model_name, cfg.pretrained, cfg.image_size, cfg.views, cfg.segment_tower, cfg.num_seg, trunk)
@@ -193,7 +193,7 @@ def image_key(cfg: Config, df: pd.DataFrame, segments: Mapping | None = None, tr
             h.update(segment_fingerprint(segments, row.image_id, cfg.num_seg))
     return h.hexdigest()[:20]
 
-# %% ../nbs/10_features.ipynb 45
+# %% ../nbs/10_features.ipynb 50
 def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
     """Hash of the text-tower settings and trunk and the image ids and captions of a manifest."""
     h = _hasher("texts", cfg.model_name, cfg.pretrained, cfg.context_length, trunk)
@@ -201,7 +201,7 @@ def text_key(cfg: Config, df: pd.DataFrame, trunk: str = "") -> str:
         h.update(f"{row.image_id}|{json.dumps(list(row.captions))}".encode())
     return h.hexdigest()[:20]
 
-# %% ../nbs/10_features.ipynb 48
+# %% ../nbs/10_features.ipynb 53
 def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids: Sequence,
                             batch_size: int = 64, num_seg: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Segment-trunk features `[N, K, D]` and validity `[N, K]` of each image's first `num_seg` crops (default all), streamed."""
@@ -222,7 +222,7 @@ def stream_segment_features(model: RetrievalModel, segments: Mapping, image_ids:
         return torch.zeros(0, 0, 0), torch.zeros(0, 0, dtype=torch.bool)
     return torch.cat(feats).reshape(len(valid), k, -1), torch.tensor(np.stack(valid))
 
-# %% ../nbs/10_features.ipynb 50
+# %% ../nbs/10_features.ipynb 55
 def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
                            segments: Mapping | None = None, batch_size: int = 64) -> dict:
     """Frozen image-tower features of every image (cfg.views rotations) and segment crop of `df`."""
@@ -233,13 +233,13 @@ def compute_image_features(cfg: Config, model: RetrievalModel, df: pd.DataFrame,
                                                                         cfg.num_seg)
     return out
 
-# %% ../nbs/10_features.ipynb 52
+# %% ../nbs/10_features.ipynb 57
 def compute_text_features(model: RetrievalModel, df: pd.DataFrame) -> dict:
     """Frozen text-tower features of every caption of `df`, with the index of each caption's image."""
     texts, owner = caption_table(df)
     return dict(texts=texts, text_features=text_tower_features(model, texts), text_owner=owner)
 
-# %% ../nbs/10_features.ipynb 54
+# %% ../nbs/10_features.ipynb 59
 def cached_features(path: Path, compute: Callable[[], dict], what: str) -> dict:
     """The dict of tensors stored at `path`, or `compute()` written there atomically on a miss."""
     if path.exists():
@@ -255,7 +255,7 @@ def cached_features(path: Path, compute: Callable[[], dict], what: str) -> dict:
     log.info(f"feature bank: computed {what} in {time.time() - t0:.1f} s -> {path.name}")
     return out
 
-# %% ../nbs/10_features.ipynb 57
+# %% ../nbs/10_features.ipynb 62
 def feature_bank(cfg: Config, model: RetrievalModel, df: pd.DataFrame, cache_dir: str | Path,
                  segments: Mapping | None = None) -> FeatureBank:
     """The bank of `df`: image and text parts each read from `cache_dir`, or computed and cached."""

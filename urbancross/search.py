@@ -13,6 +13,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch_to
 
 from . import __version__
 from .core import Config, atomic_torch_save, get_device, get_logger, git_sha, paths, safe_torch_load
@@ -65,66 +66,58 @@ class Retriever:
     def __len__(self) -> int:
         return len(self.gallery)
 
-    @torch.no_grad()
-    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit embeddings `[M, D]` of new texts (a string is one text): text tower, then the text head."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if not texts:
-            raise ValueError("no texts to embed")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"query {i} is empty or not a string ({t!r}); type some words to search for")
-        self.model.eval()
-        return self.model.encode_text(texts).float().cpu()
+# %% ../nbs/15_search.ipynb 14
+@patch_to(Retriever)
+@torch.no_grad()
+def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+    """Unit embeddings `[M, D]` of new texts (a string is one text): text tower, then the text head."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("no texts to embed")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"query {i} is empty or not a string ({t!r}); type some words to search for")
+    self.model.eval()
+    return self.model.encode_text(texts).float().cpu()
 
-    def position(self, image_id: str) -> int:
-        """Row of `image_id` in `self.gallery` (ValueError naming it if it is not there)."""
-        if image_id not in self._pos:
-            raise ValueError(f"image_id {image_id!r} is not in the gallery of {len(self)} images "
-                             f"(e.g. {self.gallery.image_id.iloc[0]!r}); pick one of retriever.gallery.image_id")
-        return self._pos[image_id]
+# %% ../nbs/15_search.ipynb 16
+@patch_to(Retriever)
+def position(self, image_id: str) -> int:
+    """Row of `image_id` in `self.gallery` (ValueError naming it if it is not there)."""
+    if image_id not in self._pos:
+        raise ValueError(f"image_id {image_id!r} is not in the gallery of {len(self)} images "
+                         f"(e.g. {self.gallery.image_id.iloc[0]!r}); pick one of retriever.gallery.image_id")
+    return self._pos[image_id]
 
-    def query_text(self, text: str, k: int = 8) -> pd.DataFrame:
-        """The `k` gallery images closest to a free-text query: rank, image_id, domain, score, image_path."""
-        k = _check_k(k, len(self))
-        scores = self.image_emb @ self.embed_text([text])[0]
-        top = torch.topk(scores, k)
-        g = self.gallery.iloc[top.indices.numpy()]
-        return pd.DataFrame(dict(rank=np.arange(1, k + 1), image_id=g.image_id.values, domain=g.domain.values,
-                                 score=top.values.numpy(), image_path=g.image_path.values))
-
-    def query_image(self, image_id: str, k: int = 5) -> pd.DataFrame:
-        """The `k` gallery captions closest to a gallery image: rank, caption, owner, score, is_own_caption."""
-        pos, k = self.position(image_id), _check_k(k, len(self.texts))
-        top = torch.topk(self.text_emb @ self.image_emb[pos], k)
-        owner = self.text_owner[top.indices].numpy()
-        return pd.DataFrame(dict(rank=np.arange(1, k + 1), caption=[self.texts[i] for i in top.indices.tolist()],
-                                 owner=self.gallery.image_id.values[owner], score=top.values.numpy(),
-                                 is_own_caption=owner == pos))
-
-    def evaluate(self) -> dict:
-        """R@1/5/10 both ways and mR of the gallery's own captions against its images (`metrics.retrieval_metrics`)."""
-        return retrieval_metrics(self.image_emb, self.text_emb, self.text_owner, block_size=self.cfg.eval_block_size)
-
-    def save(self, path: str | Path) -> Path:
-        """Write config, trained weights (`model_state`) and gallery embeddings to one file, atomically."""
-        return atomic_torch_save(_checkpoint(self.cfg, self.model, _gallery_state(self), self.history), path)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "Retriever":
-        """The retriever saved at `path`: the model rebuilt with `build_model` and loaded, the gallery as it was saved."""
-        ck = read_checkpoint(path)
-        if ck.get("gallery") is None:
-            raise ValueError(f"checkpoint {path} holds a model but no gallery; load it with load_model({str(path)!r}) "
-                             "and build Retriever(cfg, model, gallery, manifest)")
-        gallery, texts, image_emb, text_emb, owner = _gallery_from_state(ck["gallery"], path)
-        cfg, model = _restore(ck, path, device)
-        r = cls.__new__(cls)
-        r._setup(cfg, model, gallery, texts, image_emb, text_emb, owner)
-        r.history = pd.DataFrame(ck.get("history") or [])
-        return r
+# %% ../nbs/15_search.ipynb 19
+@patch_to(Retriever)
+def query_text(self, text: str, k: int = 8) -> pd.DataFrame:
+    """The `k` gallery images closest to a free-text query: rank, image_id, domain, score, image_path."""
+    k = _check_k(k, len(self))
+    scores = self.image_emb @ self.embed_text([text])[0]
+    top = torch.topk(scores, k)
+    g = self.gallery.iloc[top.indices.numpy()]
+    return pd.DataFrame(dict(rank=np.arange(1, k + 1), image_id=g.image_id.values, domain=g.domain.values,
+                             score=top.values.numpy(), image_path=g.image_path.values))
 
 # %% ../nbs/15_search.ipynb 25
+@patch_to(Retriever)
+def query_image(self, image_id: str, k: int = 5) -> pd.DataFrame:
+    """The `k` gallery captions closest to a gallery image: rank, caption, owner, score, is_own_caption."""
+    pos, k = self.position(image_id), _check_k(k, len(self.texts))
+    top = torch.topk(self.text_emb @ self.image_emb[pos], k)
+    owner = self.text_owner[top.indices].numpy()
+    return pd.DataFrame(dict(rank=np.arange(1, k + 1), caption=[self.texts[i] for i in top.indices.tolist()],
+                             owner=self.gallery.image_id.values[owner], score=top.values.numpy(),
+                             is_own_caption=owner == pos))
+
+# %% ../nbs/15_search.ipynb 28
+@patch_to(Retriever)
+def evaluate(self) -> dict:
+    """R@1/5/10 both ways and mR of the gallery's own captions against its images (`metrics.retrieval_metrics`)."""
+    return retrieval_metrics(self.image_emb, self.text_emb, self.text_owner, block_size=self.cfg.eval_block_size)
+
+# %% ../nbs/15_search.ipynb 34
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "urbancross-retriever", 1
 HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")
 
@@ -132,12 +125,12 @@ def is_trunk_key(name: str) -> bool:
     """Whether a state-dict key is part of a trunk (what `trunk_fingerprint` hashes), not a head or the temperature."""
     return not name.startswith(HEAD_PREFIXES) and "logit" not in name
 
-# %% ../nbs/15_search.ipynb 27
+# %% ../nbs/15_search.ipynb 36
 def stores_heads_only(cfg: Config) -> bool:
     """Whether a checkpoint under `cfg` keeps only the heads: frozen trunks that `build_model(cfg)` loads again."""
     return cfg.trainable == "heads" and bool(cfg.pretrained)
 
-# %% ../nbs/15_search.ipynb 29
+# %% ../nbs/15_search.ipynb 38
 def model_state(cfg: Config, model: RetrievalModel) -> dict:
     """The trained part of `model` (heads only, or every tensor; see `stores_heads_only`) and its trunk's fingerprint."""
     heads_only = stores_heads_only(cfg)
@@ -145,7 +138,7 @@ def model_state(cfg: Config, model: RetrievalModel) -> dict:
     return dict(tensors=tensors, heads_only=heads_only, trunk_fingerprint=trunk_fingerprint(model),
                 model_name=cfg.model_name, pretrained=cfg.pretrained)
 
-# %% ../nbs/15_search.ipynb 31
+# %% ../nbs/15_search.ipynb 40
 def config_from_dict(d: Mapping, source: str = "config") -> Config:
     """A `Config` from its dict (lists back to tuples); a field this version does not know is an error naming `source`."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -153,11 +146,11 @@ def config_from_dict(d: Mapping, source: str = "config") -> Config:
         raise ValueError(f"{source}: unknown Config field(s) {unknown}; it was written by another version of urbancross")
     return Config(**{k: tuple(v) if isinstance(fields[k].default, tuple) and isinstance(v, list) else v for k, v in d.items()})
 
-# %% ../nbs/15_search.ipynb 33
+# %% ../nbs/15_search.ipynb 42
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
-# %% ../nbs/15_search.ipynb 35
+# %% ../nbs/15_search.ipynb 44
 def _checkpoint(cfg: Config, model: RetrievalModel, gallery: dict | None, history: pd.DataFrame | None = None) -> dict:
     """The checkpoint dict: format, config, trained tensors, gallery, history and where it came from."""
     rows = [] if history is None else [{k: _plain(v) for k, v in r.items()} for r in history.to_dict("records")]
@@ -166,17 +159,17 @@ def _checkpoint(cfg: Config, model: RetrievalModel, gallery: dict | None, histor
                 provenance=dict(urbancross=str(__version__), torch=str(torch.__version__), git_sha=git_sha(),
                                 saved=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
 
-# %% ../nbs/15_search.ipynb 37
+# %% ../nbs/15_search.ipynb 46
 def save_model(path: str | Path, cfg: Config, model: RetrievalModel) -> Path:
     """Write `cfg` and the trained part of `model` to one file, atomically (a checkpoint without a gallery)."""
     return atomic_torch_save(_checkpoint(cfg, model, None), path)
 
-# %% ../nbs/15_search.ipynb 39
+# %% ../nbs/15_search.ipynb 48
 def default_checkpoint(profile: str = "smoke") -> Path:
     """Where the command line keeps a profile's retriever: `checkpoints/<profile>/retriever.pt` under the project root."""
     return paths()["checkpoints"] / profile / "retriever.pt"
 
-# %% ../nbs/15_search.ipynb 42
+# %% ../nbs/15_search.ipynb 51
 def read_checkpoint(path: str | Path) -> dict:
     """The dict in a retriever checkpoint (weights only); a missing, corrupt or foreign file is an error naming it."""
     ck = safe_torch_load(path)
@@ -195,14 +188,14 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path}: retriever checkpoint without model tensors; the file is damaged, save it again")
     return ck
 
-# %% ../nbs/15_search.ipynb 44
+# %% ../nbs/15_search.ipynb 53
 def _device(cfg: Config, device: str | None) -> torch.device:
     """`device` if given; else the config's, with CUDA only where there is one."""
     if device:
         return get_device(device)
     return get_device("auto" if cfg.device.startswith("cuda") else cfg.device)
 
-# %% ../nbs/15_search.ipynb 46
+# %% ../nbs/15_search.ipynb 55
 def _restore(ck: dict, path: str | Path, device: str | None = None) -> tuple[Config, RetrievalModel]:
     """(config, model rebuilt with `build_model` and loaded with the checkpoint's tensors) of a read checkpoint."""
     cfg = config_from_dict(ck["config"], f"checkpoint {path}")
@@ -229,12 +222,12 @@ def _restore(ck: dict, path: str | Path, device: str | None = None) -> tuple[Con
              f"{'heads on trunk ' + part['trunk_fingerprint'] if part.get('heads_only') else 'every tensor'}) on {dev}")
     return cfg, model.eval()
 
-# %% ../nbs/15_search.ipynb 48
+# %% ../nbs/15_search.ipynb 57
 def load_model(path: str | Path, device: str | None = None) -> tuple[Config, RetrievalModel]:
     """(config, trained model) of a checkpoint written by `save_model` or `Retriever.save`."""
     return _restore(read_checkpoint(path), path, device)
 
-# %% ../nbs/15_search.ipynb 51
+# %% ../nbs/15_search.ipynb 60
 def _gallery_state(r: "Retriever") -> dict:
     """A retriever's gallery as plain lists and tensors (what a checkpoint stores)."""
     g, n = r.gallery, len(r.gallery)
@@ -247,7 +240,7 @@ def _gallery_state(r: "Retriever") -> dict:
                 image_emb=r.image_emb.float().cpu().contiguous(), text_emb=r.text_emb.float().cpu().contiguous(),
                 text_owner=r.text_owner.long().cpu())
 
-# %% ../nbs/15_search.ipynb 53
+# %% ../nbs/15_search.ipynb 62
 def _gallery_from_state(g: dict, path: str | Path) -> tuple:
     """(gallery manifest, texts, image and caption embeddings, caption owners) of a stored gallery, checked."""
     need = ["image_id", "image_path", "domain", "split", "tags", "lat", "lon", "texts", "image_emb", "text_emb", "text_owner"]
@@ -267,14 +260,35 @@ def _gallery_from_state(g: dict, path: str | Path) -> tuple:
                            lat=g["lat"].numpy(), lon=g["lon"].numpy(), split=g["split"], tags=g["tags"]))
     return df[MANIFEST_COLUMNS], list(g["texts"]), g["image_emb"].float(), g["text_emb"].float(), owner.long()
 
-# %% ../nbs/15_search.ipynb 63
+# %% ../nbs/15_search.ipynb 65
+@patch_to(Retriever)
+def save(self, path: str | Path) -> Path:
+    """Write config, trained weights (`model_state`) and gallery embeddings to one file, atomically."""
+    return atomic_torch_save(_checkpoint(self.cfg, self.model, _gallery_state(self), self.history), path)
+
+# %% ../nbs/15_search.ipynb 67
+@patch_to(Retriever, cls_method=True)
+def from_checkpoint(cls, path: str | Path, device: str | None = None) -> "Retriever":
+    """The retriever saved at `path`: the model rebuilt with `build_model` and loaded, the gallery as it was saved."""
+    ck = read_checkpoint(path)
+    if ck.get("gallery") is None:
+        raise ValueError(f"checkpoint {path} holds a model but no gallery; load it with load_model({str(path)!r}) "
+                         "and build Retriever(cfg, model, gallery, manifest)")
+    gallery, texts, image_emb, text_emb, owner = _gallery_from_state(ck["gallery"], path)
+    cfg, model = _restore(ck, path, device)
+    r = cls.__new__(cls)
+    r._setup(cfg, model, gallery, texts, image_emb, text_emb, owner)
+    r.history = pd.DataFrame(ck.get("history") or [])
+    return r
+
+# %% ../nbs/15_search.ipynb 77
 def _check_split(cfg: Config, df: pd.DataFrame, split: str) -> None:
     """A ValueError naming the splits there are if `df` has no image of `split`."""
     if not (df.split == split).any():
         raise ValueError(f"the data ({cfg.data_source}, {len(df)} images) has no {split!r} split image; "
                          f"its splits are {sorted(set(df.split))}")
 
-# %% ../nbs/15_search.ipynb 66
+# %% ../nbs/15_search.ipynb 80
 def train_retriever(cfg: Config, data: pd.DataFrame | None = None, model: RetrievalModel | None = None,
                     cache_root: str | Path | None = None, gallery_split: str = "test") -> Retriever:
     """Train within-domain on the train split of `data` (default: the profile's) with the training core; a Retriever over `gallery_split`."""
@@ -290,7 +304,7 @@ def train_retriever(cfg: Config, data: pd.DataFrame | None = None, model: Retrie
     r.history = history
     return r
 
-# %% ../nbs/15_search.ipynb 68
+# %% ../nbs/15_search.ipynb 82
 def evaluate_split(cfg: Config, model: RetrievalModel, split: str = "test", data: pd.DataFrame | None = None,
                    cache_root: str | Path | None = None) -> tuple[dict, int, int]:
     """(metrics, images, captions) of `model` on a split of `data` (default: the profile's), encoded again."""
@@ -301,7 +315,7 @@ def evaluate_split(cfg: Config, model: RetrievalModel, split: str = "test", data
     img, txt, owner = gallery_embeddings(cfg, model, part, segments)
     return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size), len(img), len(txt)
 
-# %% ../nbs/15_search.ipynb 71
+# %% ../nbs/15_search.ipynb 85
 def plot_topk_images(result: pd.DataFrame, query: str, ncols: int = 4, relevant: Collection[str] = ()):
     """Grid of the images of a `query_text` result, with rank, id, domain and score in each title."""
     import matplotlib.pyplot as plt                 # heavy and optional: loaded only when a figure is drawn
@@ -322,7 +336,7 @@ def plot_topk_images(result: pd.DataFrame, query: str, ncols: int = 4, relevant:
     fig.suptitle(textwrap.fill(f"query: \u201c{query}\u201d", 90), fontsize=10)
     return fig
 
-# %% ../nbs/15_search.ipynb 74
+# %% ../nbs/15_search.ipynb 88
 def plot_image_captions(result: pd.DataFrame, image_path: str | Path, title: str = "", width: int = 60):
     """An image beside the captions of a `query_image` result as score bars, its own captions in green."""
     import matplotlib.pyplot as plt                 # heavy and optional: loaded only when a figure is drawn
@@ -346,7 +360,7 @@ def plot_image_captions(result: pd.DataFrame, image_path: str | Path, title: str
               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return fig
 
-# %% ../nbs/15_search.ipynb 77
+# %% ../nbs/15_search.ipynb 91
 def plot_geo_map(df: pd.DataFrame, highlight: Collection[str] = (), title: str = ""):
     """Scatter of the manifest's lat/lon coloured by domain, with each known country's bounding box."""
     import matplotlib.pyplot as plt                 # heavy and optional: loaded only when a figure is drawn
