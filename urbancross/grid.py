@@ -159,7 +159,7 @@ def run_cell(ctx: GridContext, cell: Cell) -> dict:
     c, spec = ctx.cfg.replace(seed=cell.seed), PROTOCOLS.get(cell.protocol)
     source = ctx.data.select(cell.source, "train")
     parts = target_parts(c, ctx.data.select(cell.target), cell.seed)
-    if spec.train_on in ("target", "target-all"):
+    if spec.starts_from_pretrained:
         run = target_run(ctx, cell.target, cell.protocol, cell.seed)
         load_run_state(ctx.model, run["state"])
         metrics = {**run["metrics"], "domain_probe": domain_probe(c, ctx.model, source, parts["test"], ctx.segments, seed=cell.seed)}

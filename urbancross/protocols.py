@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import reduce
 from typing import Mapping
 
 import pandas as pd
+from fastcore.basics import patch
 
 from .adversarial import domain_probe_accuracy
 from .core import Config, Registry, get_logger
@@ -35,6 +37,10 @@ class Protocol:
     curriculum: bool = False
     adversarial: bool = False
 
+    def __post_init__(self):
+        if self.train_on not in ("none", "source+target", "target", "target-all"):
+            raise ValueError(f"train_on={self.train_on!r}: choose 'none', 'source+target', 'target' or 'target-all'")
+
 # %% ../nbs/13_protocols.ipynb 9
 PROTOCOLS = Registry("protocol")
 PROTOCOLS.register("zero-shot transfer", Protocol("baseline", "none", "source checkpoint on the target, no fine-tuning"))
@@ -52,26 +58,57 @@ for _fam, _caps in (("paper", True), ("unsupervised", False)):
 PROTOCOLS.register("paper: UrbanCross + slice captions in loss",
                    Protocol("paper", "source+target", "UrbanCross, and the slice's captions also in the retrieval loss", True, True, True, True, True))
 
-# %% ../nbs/13_protocols.ipynb 11
+# %% ../nbs/13_protocols.ipynb 12
+@patch(as_prop=True)
+def starts_from_pretrained(self: Protocol) -> bool:
+    """Trained on target images only, from the pretrained model: independent of the source (target-only, upper bound)."""
+    return self.train_on in ("target", "target-all")
+
+# %% ../nbs/13_protocols.ipynb 15
+@patch(as_prop=True)
+def fine_tunes_source(self: Protocol) -> bool:
+    """Fine-tunes the source checkpoint on source rows and the target's fine-tuning slice (paper, unsupervised)."""
+    return self.train_on == "source+target"
+
+# %% ../nbs/13_protocols.ipynb 18
+@patch(as_prop=True)
+def needs_source_checkpoint(self: Protocol) -> bool:
+    """Starts from the source-trained checkpoint (the zero-shot transfer and every fine-tuning protocol)."""
+    return not self.starts_from_pretrained
+
+# %% ../nbs/13_protocols.ipynb 21
+@patch(as_prop=True)
+def target_train_parts(self: Protocol) -> tuple[str, ...]:
+    """The parts of the target (`target_parts` keys) the run trains on, in order."""
+    return {"none": (), "target-all": ("finetune", "finetune_val")}.get(self.train_on, ("finetune",))
+
+# %% ../nbs/13_protocols.ipynb 23
 def protocol_table() -> pd.DataFrame:
     """The registered protocols, one row each."""
     return pd.DataFrame([{"protocol": k, **asdict(v)} for k, v in PROTOCOLS.items()])
 
-# %% ../nbs/13_protocols.ipynb 13
+# %% ../nbs/13_protocols.ipynb 25
 def protocol_config(cfg: Config, name: str) -> Config:
     """`cfg` with the switches of protocol `name`."""
     p = PROTOCOLS.get(name)
     return cfg.replace(select_source=p.select_source, curriculum=p.curriculum, adversarial=p.adversarial,
                        target_captions=p.target_captions, target_text_loss=p.target_text_loss)
 
-# %% ../nbs/13_protocols.ipynb 18
+# %% ../nbs/13_protocols.ipynb 30
 def target_parts(cfg: Config, target: Rows, seed: int) -> dict:
     """{'finetune', 'finetune_val', 'test'} parts of a target domain's images (`cfg.target_split`)."""
     names = make_splits(target.ids, seed, tuple(cfg.target_split))
     rename = {"train": "finetune", "val": "finetune_val", "test": "test"}
     return {rename[s]: target.by_ids([i for i, v in names.items() if v == s]) for s in ("train", "val", "test")}
 
-# %% ../nbs/13_protocols.ipynb 21
+# %% ../nbs/13_protocols.ipynb 33
+@patch
+def target_rows(self: Protocol, parts: Mapping) -> Rows | None:
+    """The target rows the run trains on: its `target_train_parts` of `parts`, joined in order (None if it trains on none)."""
+    rows = [parts[k] for k in self.target_train_parts]
+    return reduce(lambda a, b: a.concat(b), rows) if rows else None
+
+# %% ../nbs/13_protocols.ipynb 36
 def domain_probe(cfg: Config, model: RetrievalModel, source: Rows, target: Rows, segments: Mapping | None = None,
                  seed: int = 0) -> float:
     """Balanced accuracy of a fresh linear probe telling source from target image embeddings."""
@@ -80,14 +117,14 @@ def domain_probe(cfg: Config, model: RetrievalModel, source: Rows, target: Rows,
     tgt, _, _ = gallery_embeddings(c, model, target, segments)
     return domain_probe_accuracy(src, tgt, seed=seed)
 
-# %% ../nbs/13_protocols.ipynb 23
+# %% ../nbs/13_protocols.ipynb 38
 def run_state(cfg: Config, model: RetrievalModel) -> dict:
     """A copy of what training under `cfg` can change: the heads and temperature on cached features, else everything."""
     keep = (lambda k: k.startswith(("image_head.", "text_head.", "segment_head.")) or k == "clip.logit_scale") \
         if uses_features(cfg) else (lambda k: True)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
 
-# %% ../nbs/13_protocols.ipynb 25
+# %% ../nbs/13_protocols.ipynb 40
 def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     """Load a (possibly partial, `run_state`) state dict; a partial one may only leave trunk tensors out."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -95,7 +132,7 @@ def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     if bad:
         raise ValueError(f"state does not fit the model: {bad[:3]}")
 
-# %% ../nbs/13_protocols.ipynb 27
+# %% ../nbs/13_protocols.ipynb 42
 def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
                  source: Rows, parts: Mapping, segments: Mapping | None = None,
                  probe: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -104,18 +141,13 @@ def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Ma
     With `probe` (default) the metrics include the domain probe of `source` against the test part; a
     target-only run, which has no source, can leave it out (`probe=False`) for the caller to add per pair."""
     p, c = PROTOCOLS.get(name), protocol_config(cfg, name)
-    load_run_state(model, pretrained_state if p.train_on in ("target", "target-all") else source_state)
-    hist = pd.DataFrame()
-    if p.train_on == "source+target":
-        tgt = make_items(c, model, parts["finetune"], segments, with_text=p.target_captions, seed_offset=1)
+    load_run_state(model, pretrained_state if p.starts_from_pretrained else source_state)
+    hist, target = pd.DataFrame(), p.target_rows(parts)
+    if p.fine_tunes_source:
+        tgt = make_items(c, model, target, segments, with_text=p.target_captions, seed_offset=1)
         hist = train(c, model, make_items(c, model, source, segments), tgt, fine_tune=True)
-    elif p.train_on == "target":
-        hist = train(c, model, make_items(c, model, parts["finetune"], segments))
-    elif p.train_on == "target-all":
-        both = parts["finetune"].concat(parts["finetune_val"])
-        hist = train(c, model, make_items(c, model, both, segments))
-    elif p.train_on != "none":
-        raise ValueError(f"protocol {name!r}: train_on={p.train_on!r} is not known")
+    elif p.starts_from_pretrained:
+        hist = train(c, model, make_items(c, model, target, segments))
     metrics, hits = evaluate_queries(c, model, parts["test"], segments)
     if probe:
         metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)

@@ -97,17 +97,16 @@ def grid_plan(profile: str, chunk: str | None = None, protocols: Sequence[str] =
         for s in seeds:
             out["jobs"].append(dict(name=f"seed{s}", params={**base, "seeds": [s]}, cells=[c for c in cells if c.seed == s], needs=[]))
         return out
-    target_protos = [p for p in protos if PROTOCOLS.get(p).train_on in ("target", "target-all")]
+    target_runs = any(PROTOCOLS.get(p).starts_from_pretrained for p in protos)
     for s in seeds:
         for d in cfg.domains:
             out["source"].append(dict(name=f"source_{d}_s{s}", params={**base, "seeds": [s], "sources": [d], "stage": "source"},
                                       key=(d, s)))
-            if target_protos:
+            if target_runs:
                 out["target"].append(dict(name=f"target_{d}_s{s}", params={**base, "seeds": [s], "targets": [d], "stage": "target"},
                                           key=(d, s)))
     for c in cells:
-        train_on = PROTOCOLS.get(c.protocol).train_on
-        need = f"target_{c.target}_s{c.seed}" if train_on in ("target", "target-all") else f"source_{c.source}_s{c.seed}"
+        need = f"source_{c.source}_s{c.seed}" if PROTOCOLS.get(c.protocol).needs_source_checkpoint else f"target_{c.target}_s{c.seed}"
         out["jobs"].append(dict(name=c.name, params={**base, "seeds": [c.seed], "sources": [c.source], "targets": [c.target],
                                                      "protocols": [c.protocol]}, cells=[c], needs=[need]))
     return out
