@@ -3,7 +3,6 @@
 # %% ../nbs/14_experiment.ipynb 2
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import logging
@@ -16,14 +15,14 @@ from typing import Sequence
 import nbformat
 import torch
 
-from .core import PROFILES, Config, get_config, get_logger, paths
+from .core import Config, get_config, get_logger, paths
 from .datasets import KARPATHY, dataset_problems, readme_hint
 from .segments import _auto_segmenter
 from .towers import TOWERS, resolve_model_name, resolve_weights
 
 # %% auto 0
 __all__ = ['log', 'PATH_FIELDS', 'parameters_cells', 'experiment_notebooks', 'literal_parameters', 'notebook_parameters',
-           'run_notebook', 'run_all', 'parse_settings', 'parse_params', 'resolve_settings', 'preflight', 'main']
+           'run_notebook', 'run_all', 'parse_settings', 'parse_params', 'resolve_settings', 'rs_standin', 'preflight']
 
 # %% ../nbs/14_experiment.ipynb 4
 log = get_logger("urbancross.experiment")
@@ -223,45 +222,15 @@ def _model_problems(cfg: Config) -> list[str]:
             out.append(f"device={cfg.device!r} but no CUDA device is available (use --set device=cpu for a CPU run)")
     return out
 
-# %% ../nbs/14_experiment.ipynb 39
+# %% ../nbs/14_experiment.ipynb 40
+def rs_standin(cfg: Config) -> bool:
+    """Whether `26_rs_benchmarks` runs on its embedded stand-in: embedded data and no `RSICD/` under `data_root`."""
+    return cfg.data_source == "embedded" and not (cfg.data_root and (Path(cfg.data_root) / "RSICD").is_dir())
+
+# %% ../nbs/14_experiment.ipynb 42
 def preflight(cfg: Config, notebooks: Sequence[str | Path] = ()) -> list[str]:
     """What a run of `notebooks` under `cfg` needs and does not find; each entry names where to fetch it."""
     out = dataset_problems(cfg)
-    if cfg.profile != "smoke" and any("rs_benchmarks" in Path(n).stem for n in notebooks):
+    if not rs_standin(cfg) and any("rs_benchmarks" in Path(n).stem for n in notebooks):
         out += [p for s in KARPATHY if s != cfg.data_source for p in dataset_problems(cfg, s)]
     return out + _weights_problems(cfg) + _model_problems(cfg)
-
-# %% ../nbs/14_experiment.ipynb 45
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m urbancross.experiment --profile paper [--only NAME ...] [--set key=value ...] [--param name=value ...]`."""
-    ap = argparse.ArgumentParser(description="Run every UrbanCross experiment notebook with papermill.")
-    ap.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
-    ap.add_argument("--only", nargs="*", help="notebook names to run (default: all experiment notebooks)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Config overrides, e.g. data_root=/data")
-    ap.add_argument("--param", nargs="*", default=[], metavar="NAME=VALUE",
-                    help="a notebook parameter (a Python literal, e.g. seeds=[0]) for the notebooks that declare it")
-    ap.add_argument("--preflight-only", action="store_true", help="check data, checkpoints and weights, then stop")
-    a = ap.parse_args(argv)
-    nbs = experiment_notebooks()
-    if a.only:
-        unknown = [o for o in a.only if not any(o in (p.name, p.stem) for p in nbs)]
-        if unknown:
-            raise SystemExit(f"--only {unknown}: no such experiment notebook; choose from {[p.stem for p in nbs]}")
-        nbs = [p for p in nbs if p.name in a.only or p.stem in a.only]
-    try:
-        overrides, params = resolve_settings(parse_settings(a.set)), parse_params(a.param, nbs)
-        cfg = get_config(a.profile, **overrides)
-    except (ValueError, TypeError) as e:
-        raise SystemExit(f"error: {e}")
-    problems = preflight(cfg, nbs)
-    for p in problems:
-        print(f"preflight: {p}", flush=True)
-    if problems:
-        raise SystemExit(f"preflight found {len(problems)} problem(s); nothing was run")
-    print(f"preflight: profile={a.profile} data={cfg.data_source} model={cfg.model_name} "
-          f"pretrained={cfg.pretrained or 'random init'}: everything needed is there", flush=True)
-    if not a.preflight_only:
-        run_all(a.profile, nbs, overrides=overrides, params=params)
-
-if __name__ == "__main__" and "IPython" not in sys.modules:   # run as a script, not in a notebook
-    main()
