@@ -13,17 +13,31 @@ import logging
 import os
 import unicodedata
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from urbancross.data import (MAX_CAPTION_CHARS, ImageLoadError, ManifestDataset, load_image, load_karpathy_json,
-                             load_urbancross_country, make_karpathy_fixture, make_manifest, make_urbancross_fixture,
+from urbancross.data import (MAX_CAPTION_CHARS, ImageLoadError, ManifestDataset, load_image, make_manifest,
                              read_manifest, validate_manifest, write_manifest)
+from urbancross.datasets import karpathy_paths, load_karpathy_json, load_urbancross_country
+from urbancross.fixtures import write_karpathy_fixture, write_release_fixture
 
 NFC, NFD = unicodedata.normalize("NFC", "café_1"), unicodedata.normalize("NFD", "café_1")
+
+
+def release_country(root, country, n):
+    """The folder of `country` in a release fixture under `root` of `n` 16-pixel images per country, one caption each."""
+    out = write_release_fixture(root, images_per_domain=n, image_size=16, captions_per_image=1, segment_share=0)
+    return Path(out[country.lower()]["folder"])
+
+
+def caption_json(root):
+    """(caption JSON, images folder) of a 10-image RSICD fixture under `root`."""
+    write_karpathy_fixture(root, images=10, image_size=16, overlap=0)
+    return karpathy_paths(root, "rsicd")
 
 
 @pytest.fixture
@@ -44,10 +58,10 @@ def manifest_file(noisy):
 # ---------------------------------------------------------------- images a table names: missing, corrupt, symbolic-link loops
 
 def test_missing_image_listed_in_release_csv(tmp_path):
-    folder = make_urbancross_fixture(tmp_path, "Spain", n=3)
+    folder = release_country(tmp_path, "Spain", n=3)
     csv = folder / "instructblip_generation_spain_refine.csv"
-    csv.write_text(csv.read_text().replace("tile1.png", "tile_missing.png"))
-    with pytest.raises(FileNotFoundError, match="tile_missing.png"):
+    csv.write_text(csv.read_text().replace("spain_0001.jpg", "spain_missing.jpg"))
+    with pytest.raises(FileNotFoundError, match="spain_missing.jpg"):
         load_urbancross_country(tmp_path, "spain")
 
 
@@ -72,26 +86,25 @@ def test_corrupt_image_fails_when_dataset_is_built_or_read(tmp_path, manifest_fi
 
 
 def test_symlink_loop_in_release_folder_is_named(tmp_path):
-    make_urbancross_fixture(tmp_path, "Finland", n=3)
+    release_country(tmp_path, "Finland", n=3)
     load_urbancross_country(tmp_path, "finland")                       # extracts images/
-    tile = tmp_path / "Finland" / "images" / "tile1.png"
+    tile = tmp_path / "Finland" / "images" / "finland_0001.jpg"
     tile.unlink(); os.symlink(tile, tile)                              # a link to itself
-    with pytest.raises(ImageLoadError, match=r"line 3 .*'tile1.png'.*tile1.png is a symbolic link loop"):
+    with pytest.raises(ImageLoadError, match=r"line 3 .*'finland_0001.jpg'.*finland_0001.jpg is a symbolic link loop"):
         load_urbancross_country(tmp_path, "finland")
 
 
 def test_symlink_loop_in_caption_json_is_named(tmp_path):
-    from urbancross.data import make_karpathy_fixture
-    j, imgs = make_karpathy_fixture(tmp_path, n=3)
-    (imgs / "airport_2.jpg").unlink(); os.symlink(imgs / "airport_2.jpg", imgs / "airport_2.jpg")
-    with pytest.raises(ImageLoadError, match=r"images\[2\]: image .*airport_2.jpg is a symbolic link loop"):
+    j, imgs = caption_json(tmp_path)
+    (imgs / "finland_0002.jpg").unlink(); os.symlink(imgs / "finland_0002.jpg", imgs / "finland_0002.jpg")
+    with pytest.raises(ImageLoadError, match=r"images\[2\]: image .*finland_0002.jpg is a symbolic link loop"):
         load_karpathy_json(j, imgs, "rsicd")
 
 
 # ---------------------------------------------------------------- columns, encoding, emptiness, truncation
 
 def test_csv_missing_column(tmp_path):
-    folder = make_urbancross_fixture(tmp_path, "Germany", n=2)
+    folder = release_country(tmp_path, "Germany", n=2)
     csv = folder / "instructblip_generation_germany_refine.csv"
     pd.read_csv(csv).drop(columns=["description"]).to_csv(csv, index=False)
     with pytest.raises(ValueError, match=r"instructblip_generation_germany_refine.csv: missing column\(s\) \['description'\]"):
@@ -123,10 +136,10 @@ def test_non_utf8_manifest_names_byte_and_line(tmp_path, manifest_file):
 
 
 def test_non_utf8_release_csv_far_into_the_file(tmp_path):
-    folder = make_urbancross_fixture(tmp_path, "Germany", n=2)
+    folder = release_country(tmp_path, "Germany", n=2)
     csv = folder / "instructblip_generation_germany_refine.csv"
-    rows = "".join(f"tile{i % 2}.png,caption number {i} of a long file\n" for i in range(5000))
-    csv.write_bytes(b"image_name,description\n" + rows.encode() + b"tile1.png,Stra\xdfe\n")
+    rows = "".join(f"germany_000{i % 2}.jpg,caption number {i} of a long file\n" for i in range(5000))
+    csv.write_bytes(b"image_name,description\n" + rows.encode() + b"germany_0001.jpg,Stra\xdfe\n")
     with pytest.raises(ValueError, match=r"instructblip_generation_germany_refine.csv: not valid UTF-8 at byte \d+ \(line 5002,"):
         load_urbancross_country(tmp_path, "germany")
 
@@ -153,7 +166,7 @@ def test_manifest_cut_mid_row_is_refused(tmp_path, manifest_file):
 
 
 def test_release_csv_without_final_newline_warns(tmp_path, uc_log):
-    folder = make_urbancross_fixture(tmp_path, "Spain", n=2)
+    folder = release_country(tmp_path, "Spain", n=2)
     csv = folder / "instructblip_generation_spain_refine.csv"
     csv.write_text(csv.read_text().rstrip("\n"))
     assert len(load_urbancross_country(tmp_path, "spain")) == 2
@@ -184,41 +197,43 @@ def test_write_manifest_refuses_duplicates(tmp_path):
 
 
 def test_release_csv_two_files_one_image_id(tmp_path):
-    folder = make_urbancross_fixture(tmp_path, "Finland", n=3)
+    folder = release_country(tmp_path, "Finland", n=3)
     csv = folder / "instructblip_generation_finland_refine.csv"
-    csv.write_text(csv.read_text().replace("tile2.png", "tile0.jpg"))
-    with pytest.raises(ValueError, match=r"refine.csv: lines 2 and 4: image_name 'tile0.png' and 'tile0.jpg' "
-                                         r"give the same image_id 'finland/tile0'"):
+    csv.write_text(csv.read_text().replace("finland_0002.jpg", "finland_0000.png"))
+    with pytest.raises(ValueError, match=r"refine.csv: lines 2 and 4: image_name 'finland_0000.jpg' and "
+                                         r"'finland_0000.png' give the same image_id 'finland/finland_0000'"):
         load_urbancross_country(tmp_path, "finland")
 
 
 def test_release_csv_repeated_row_dropped_with_warning(tmp_path, uc_log):
-    folder = make_urbancross_fixture(tmp_path, "Finland", n=3)
+    folder = release_country(tmp_path, "Finland", n=3)
     csv = folder / "instructblip_generation_finland_refine.csv"
-    csv.write_text(csv.read_text() + "tile1.png,an area with 1 lakes and some houses\n")
+    text = csv.read_text()
+    csv.write_text(text + text.splitlines()[2] + "\n")                 # line 3 again, as line 5
+    caption = pd.read_csv(csv).description[1]
     df = load_urbancross_country(tmp_path, "finland")
-    assert df.captions[1] == ["an area with 1 lakes and some houses"]
-    assert any("were dropped (lines [6])" in r.getMessage() for r in uc_log.records if r.levelno == logging.WARNING)
+    assert df.captions[1] == [caption]
+    assert any("were dropped (lines [5])" in r.getMessage() for r in uc_log.records if r.levelno == logging.WARNING)
 
 
 def test_caption_json_duplicate_filename(tmp_path):
-    j, imgs = make_karpathy_fixture(tmp_path, n=3)
+    j, imgs = caption_json(tmp_path)
     d = json.loads(j.read_text())
-    d["images"][2]["filename"] = "airport_0.jpg"
+    d["images"][2]["filename"] = "finland_0000.jpg"
     j.write_text(json.dumps(d))
-    with pytest.raises(ValueError, match=r"images\[0\] and images\[2\] \('airport_0.jpg'\) give the same image_id"):
+    with pytest.raises(ValueError, match=r"images\[0\] and images\[2\] \('finland_0000.jpg'\) give the same image_id"):
         load_karpathy_json(j, imgs, "rsicd")
 
 
 # ---------------------------------------------------------------- captions: empty, very long
 
 def test_empty_caption_names_the_row(tmp_path):
-    folder = make_urbancross_fixture(tmp_path, "Finland", n=3)
+    folder = release_country(tmp_path, "Finland", n=3)
     csv = folder / "instructblip_generation_finland_refine.csv"
     df = pd.read_csv(csv)
     df.loc[1, "description"] = "   "
     df.to_csv(csv, index=False)
-    with pytest.raises(ValueError, match=r"line 3 \(image_name='tile1.png'\): empty caption"):
+    with pytest.raises(ValueError, match=r"line 3 \(image_name='finland_0001.jpg'\): empty caption"):
         load_urbancross_country(tmp_path, "finland")
 
 
@@ -260,7 +275,7 @@ def test_long_caption_in_manifest_is_truncated_and_logged(tmp_path, uc_log, mani
 
 
 def test_long_caption_in_release_csv(tmp_path, uc_log):
-    folder = make_urbancross_fixture(tmp_path, "Spain", n=3)
+    folder = release_country(tmp_path, "Spain", n=3)
     csv = folder / "instructblip_generation_spain_refine.csv"
     df = pd.read_csv(csv)
     df.loc[2, "description"] = LONG
@@ -269,7 +284,7 @@ def test_long_caption_in_release_csv(tmp_path, uc_log):
 
 
 def test_long_caption_in_caption_json(tmp_path, uc_log):
-    j, imgs = make_karpathy_fixture(tmp_path, n=3)
+    j, imgs = caption_json(tmp_path)
     d = json.loads(j.read_text())
     d["images"][1]["sentences"][3]["raw"] = LONG
     j.write_text(json.dumps(d))
@@ -279,10 +294,10 @@ def test_long_caption_in_caption_json(tmp_path, uc_log):
 # ---------------------------------------------------------------- images the CSV does not list
 
 def release_with_unlisted(root, n=4, listed=2):
-    folder = make_urbancross_fixture(root, "Spain", n=n)
+    folder = release_country(root, "Spain", n=n)
     csv = folder / "instructblip_generation_spain_refine.csv"
     df = pd.read_csv(csv)
-    df[df.image_name.isin([f"tile{i}.png" for i in range(listed)])].to_csv(csv, index=False)
+    df[df.image_name.isin([f"spain_{i:04d}.jpg" for i in range(listed)])].to_csv(csv, index=False)
     with zipfile.ZipFile(folder / "images.zip", "a") as z:
         z.writestr("images/notes.txt", "not an image")                # not an image: never offered
         z.writestr("images/.DS_Store", b"\0")
@@ -292,32 +307,33 @@ def release_with_unlisted(root, n=4, listed=2):
 def test_unlisted_images_are_logged_with_a_count(tmp_path, uc_log, messages):
     release_with_unlisted(tmp_path)
     df = load_urbancross_country(tmp_path, "spain")
-    assert list(df.image_id) == ["spain/tile0", "spain/tile1"]
+    assert list(df.image_id) == ["spain/spain_0000", "spain/spain_0001"]
     warn = [m for m in messages(uc_log, logging.WARNING) if "not listed" in m]
-    assert len(warn) == 1 and "2 image file(s)" in warn[0] and "tile2.png" in warn[0] and "unlisted_images" in warn[0], warn
+    assert len(warn) == 1 and "2 image file(s)" in warn[0] and "spain_0002.jpg" in warn[0] and "unlisted_images" in warn[0], warn
 
 
 def test_unlisted_images_are_offered_as_unlabeled_target_images(tmp_path):
-    from urbancross.data import MANIFEST_COLUMNS, unlisted_images, validate_manifest
+    from urbancross.data import MANIFEST_COLUMNS, validate_manifest
+    from urbancross.datasets import unlisted_images
     release_with_unlisted(tmp_path)
     un = unlisted_images(tmp_path, "spain")
     assert list(un.columns) == MANIFEST_COLUMNS
-    assert list(un.image_id) == ["spain/tile2", "spain/tile3"]
+    assert list(un.image_id) == ["spain/spain_0002", "spain/spain_0003"]
     assert all(c == [] for c in un.captions) and set(un.domain) == {"spain"}
     assert load_image(un.image_path[1]).size == (16, 16)
     validate_manifest(un, "unlisted", captions_required=False)
     with pytest.raises(ValueError, match="no captions"):
         validate_manifest(un, "unlisted")                              # not a captioned manifest
-    make_urbancross_fixture(tmp_path / "full", "Spain", n=3)
+    release_country(tmp_path / "full", "Spain", n=3)
     assert len(unlisted_images(tmp_path / "full", "spain")) == 0
 
 
 def test_unlisted_image_with_the_id_of_a_listed_one_is_an_error(tmp_path):
-    from urbancross.data import unlisted_images
+    from urbancross.datasets import unlisted_images
     folder = release_with_unlisted(tmp_path)
     load_urbancross_country(tmp_path, "spain")
-    Image.new("RGB", (4, 4)).save(folder / "images" / "tile0.jpg")
-    with pytest.raises(ValueError, match=r"tile0.jpg.*image_id 'spain/tile0'.*tile0.png"):
+    Image.new("RGB", (4, 4)).save(folder / "images" / "spain_0000.png")
+    with pytest.raises(ValueError, match=r"spain_0000.png.*'spain/spain_0000'.*spain_0000.jpg"):
         unlisted_images(tmp_path, "spain")
 
 
@@ -328,7 +344,7 @@ def release_with_name(png_bytes, noisy):
     """`release_with_name(root, csv_name, file_name)`: a German release whose CSV lists `csv_name`.png, a 5-pixel
     image stored in images.zip as `file_name`.png."""
     def make(root, csv_name, file_name):
-        folder = make_urbancross_fixture(root, "Germany", n=2)
+        folder = release_country(root, "Germany", n=2)
         with zipfile.ZipFile(folder / "images.zip", "a") as z:
             z.writestr(f"images/{file_name}.png", png_bytes(noisy(5, 5)))
         csv = folder / "instructblip_generation_germany_refine.csv"
@@ -340,7 +356,8 @@ def release_with_name(png_bytes, noisy):
 @pytest.mark.parametrize("csv_name,file_name", [(NFC, NFD), (NFD, NFC)], ids=["nfc-csv-nfd-file", "nfd-csv-nfc-file"])
 def test_release_name_in_another_normalisation_is_matched_and_logged(tmp_path, uc_log, release_with_name, noisy,
                                                                       messages, csv_name, file_name):
-    from urbancross.data import FALLBACKS, unlisted_images
+    from urbancross.data import FALLBACKS
+    from urbancross.datasets import unlisted_images
     folder = release_with_name(tmp_path, csv_name, file_name)
     before = FALLBACKS["unicode_name"]
     df = load_urbancross_country(tmp_path, "germany")
@@ -366,10 +383,9 @@ def test_release_name_exact_match_wins_over_its_lookalike(tmp_path, uc_log, rele
 
 
 def test_caption_json_name_in_another_normalisation(tmp_path, uc_log, messages):
-    from urbancross.data import make_karpathy_fixture
     import json
-    j, imgs = make_karpathy_fixture(tmp_path, n=3)
-    (imgs / "airport_1.jpg").rename(imgs / f"{NFD}.jpg")
+    j, imgs = caption_json(tmp_path)
+    (imgs / "finland_0001.jpg").rename(imgs / f"{NFD}.jpg")
     d = json.loads(j.read_text())
     d["images"][1]["filename"] = f"{NFC}.jpg"
     j.write_text(json.dumps(d))
