@@ -19,7 +19,7 @@ from PIL import Image
 from .core import Config, atomic_torch_save, get_logger, safe_torch_load
 from .data import Manifest, caption_table, load_image, progress, row_mask, sha256_file
 from .segments import SegmentStore
-from .towers import RetrievalModel
+from .towers import HEAD_PREFIXES, RetrievalModel
 
 # %% auto 0
 __all__ = ['log', 'Rows', 'image_trunk_features', 'segment_trunk_features', 'text_tower_features', 'FeatureBank',
@@ -164,7 +164,7 @@ def trunk_fingerprint(model: RetrievalModel) -> str:
     """Hash of every trunk tensor's name, shape and sums: a trunk trained since differs."""
     h = hashlib.sha256()
     for n, p in model.named_parameters():
-        if not n.startswith(("image_head.", "text_head.", "segment_head.")) and "logit" not in n:
+        if not n.startswith(HEAD_PREFIXES) and "logit" not in n:
             q = p.detach().double()
             h.update(f"{n}|{tuple(p.shape)}|{float(q.sum()):.10e}|{float(q.abs().sum()):.10e}".encode())
     return h.hexdigest()[:16]

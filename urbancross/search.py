@@ -21,13 +21,13 @@ from .data import COUNTRY_BOUNDS, MANIFEST_COLUMNS, load_image
 from .datasets import load_profile_data, prepare
 from .features import Rows, trunk_fingerprint
 from .metrics import retrieval_metrics
-from .towers import RetrievalModel, build_model, set_trainable
+from .towers import HEAD_PREFIXES, RetrievalModel, build_model, set_trainable
 from .train import gallery_embeddings, make_items, train
 
 # %% auto 0
-__all__ = ['log', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HEAD_PREFIXES', 'Retriever', 'is_trunk_key', 'stores_heads_only',
-           'model_state', 'config_from_dict', 'save_model', 'default_checkpoint', 'read_checkpoint', 'load_model',
-           'train_retriever', 'evaluate_split', 'plot_topk_images', 'plot_image_captions', 'plot_geo_map']
+__all__ = ['log', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'Retriever', 'is_trunk_key', 'stores_heads_only', 'model_state',
+           'config_from_dict', 'save_model', 'default_checkpoint', 'read_checkpoint', 'load_model', 'train_retriever',
+           'evaluate_split', 'plot_topk_images', 'plot_image_captions', 'plot_geo_map']
 
 # %% ../nbs/15_search.ipynb 4
 log = get_logger("urbancross.search")
@@ -119,7 +119,6 @@ def evaluate(self) -> dict:
 
 # %% ../nbs/15_search.ipynb 34
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "urbancross-retriever", 1
-HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")
 
 def is_trunk_key(name: str) -> bool:
     """Whether a state-dict key is part of a trunk (what `trunk_fingerprint` hashes), not a head or the temperature."""

@@ -25,7 +25,7 @@ import copy
 from .core import Config, Registry, get_device, get_logger, local_places, set_tf32
 
 # %% auto 0
-__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'WEIGHT_SUFFIXES', 'minilm_path',
+__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'WEIGHT_SUFFIXES', 'HEAD_PREFIXES', 'minilm_path',
            'efficientnet_lite0_path', 'smoke_model_config', 'register_model_config', 'efficientnet_lite0_state_dict',
            'load_efficientnet_lite0', 'RandomRot90', 'make_transforms', 'tiny_clip_config', 'split_projection',
            'head_width', 'ResidualAdapter', 'make_head', 'masked_mean', 'RetrievalModel', 'resolve_model_name',
@@ -448,8 +448,10 @@ def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
     return out
 
 # %% ../nbs/06_towers.ipynb 133
+HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")   # every head parameter's name starts with one
+
 def _is_head(name: str) -> bool:
-    return name.startswith(("image_head.", "text_head.", "segment_head.")) or name == "clip.logit_scale"
+    return name.startswith(HEAD_PREFIXES) or name == "clip.logit_scale"
 
 # %% ../nbs/06_towers.ipynb 136
 def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> int:
