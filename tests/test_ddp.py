@@ -165,10 +165,8 @@ def finetune_items(cfg, model, root: Path):
 
 
 def domain_rows(bank, domain: str):
-    """The bank's images of `domain`: `select` gives a bank (or, before the bank answered like a `Manifest`, row
-    indices for `subset`)."""
-    rows = bank.select(domain=domain)
-    return rows if hasattr(rows, "text_owner") else bank.subset(rows)
+    """The bank's images of `domain`, a bank of its own (`FeatureBank.select`)."""
+    return bank.select(domain=domain)
 
 
 # --- Runs (the same functions in the ranks and in the single-process reference) -------------------------------------
