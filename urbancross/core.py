@@ -13,15 +13,15 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['PROFILES', 'PER_PROFILE', 'get_logger', 'project_root', 'local_places', 'atomic_write', 'atomic_torch_save',
-           'safe_torch_load', 'seed_everything', 'get_device', 'set_tf32', 'Config', 'get_config', 'Registry', 'paths',
-           'git_sha', 'save_fig']
+__all__ = ['PLAN_FIELDS', 'PROFILES', 'PER_PROFILE', 'get_logger', 'project_root', 'local_places', 'atomic_write',
+           'atomic_torch_save', 'safe_torch_load', 'seed_everything', 'get_device', 'set_tf32', 'Config', 'get_config',
+           'pick_seeds', 'Registry', 'paths', 'git_sha', 'save_fig']
 
 # %% ../nbs/00_core.ipynb 5
 def get_logger(name: str = "urbancross") -> logging.Logger:
@@ -196,8 +196,8 @@ class _SegmentFields(_TrainingFields):
 
 # %% ../nbs/00_core.ipynb 45
 @dataclass
-class Config(_SegmentFields):
-    """Everything one run needs; build it with `get_config`."""
+class _AdaptationFields(_SegmentFields):
+    """Cross-domain fine-tuning (`08_curriculum`, `09_adversarial`, `13_protocols`): the slice, the schedule, the modules."""
     da_epochs: int = 5                     # passes over the target fine-tuning slice
     da_lr: float = 1e-7                    # one learning rate for everything trainable (upstream: Adam 1e-7)
     source_batch: int = 80
@@ -216,6 +216,25 @@ class Config(_SegmentFields):
     disc_hidden: int = 256
     w_target_negative: float = 1.0         # upstream triplet: source image, its caption, hardest target image
 
+# %% ../nbs/00_core.ipynb 48
+@dataclass
+class _PlanFields(_AdaptationFields):
+    """Which runs the experiment notebooks make (`20`-`26`, the grid, the workflow's jobs), not how one run trains."""
+    seeds: tuple = (0, 1, 2)               # within-domain (20) and the SAM and LMM ablations (21, 22)
+    grid_seeds: tuple = (0, 1, 2)          # the cross-domain grid (23, 23b)
+    grid_protocols: tuple = ()             # the grid's protocols (names registered in 13_protocols); () = every one
+    grid_chunk: str = "cell"               # cells per workflow job: 'cell' (one, after its shared job) | 'seed' (a seed's)
+    pixel_rows: str = "all"                # within-domain pixel rows (20): 'all' domains and seeds | 'first' domain and seed
+    rs_seeds: tuple = (0,)                 # the RSICD / RSITMD benchmarks (26)
+
+# %% ../nbs/00_core.ipynb 51
+PLAN_FIELDS = tuple(_PlanFields.__annotations__)   # the fields _PlanFields adds, in order
+
+# %% ../nbs/00_core.ipynb 54
+@dataclass
+class Config(_PlanFields):
+    """Everything one run needs; build it with `get_config`."""
+
     def replace(self, **changes: Any) -> "Config":
         """A copy with `changes` applied (unknown keys are an error)."""
         return dataclasses.replace(self, **changes)
@@ -224,12 +243,19 @@ class Config(_SegmentFields):
         """Plain-dict view, for logs and result sidecars."""
         return dataclasses.asdict(self)
 
-# %% ../nbs/00_core.ipynb 47
+# %% ../nbs/00_core.ipynb 56
 PROFILES: dict[str, dict] = {
     # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule;
     # 1000 tiles per domain split 40/10/50, so every domain has 500 test images (2500 captions) to decide with
     "smoke": dict(trainable="heads", images_per_domain=1000, embedded_split=(0.4, 0.1, 0.5), epochs=6, lr=1e-3,
-                  da_lr=1e-3, source_batch=80, target_batch=16, num_seg=3, views=2, segment_workers=2),
+                  da_lr=1e-3, source_batch=80, target_batch=16, num_seg=3, views=2, segment_workers=2,
+                  # the grid: the protocols the claims and the baselines need (the unsupervised "w/o DA" is the same
+                  # run as the paper's), two seeds, one workflow job per seed (a kernel start costs more than a cell)
+                  grid_protocols=("zero-shot transfer", "target-only (20 %)", "target 30 % (upper bound)", "paper: w/o DA",
+                                  "paper: curriculum only", "paper: w/o curriculum", "paper: UrbanCross",
+                                  "unsupervised: UrbanCross"),
+                  grid_seeds=(0, 1), grid_chunk="seed",
+                  pixel_rows="first"),  # within-domain pixel rows, the expensive ones on CPU: first domain and seed only
     # authors' scripts: ViT-L-14 laion2B-s32B-b82K at paper time (ViT-B-16 at release), train lr 1e-5,
     # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",
@@ -240,13 +266,19 @@ PROFILES: dict[str, dict] = {
                   source_batch=80, target_batch=16),
 }
 
+# %% ../nbs/00_core.ipynb 59
 def get_config(profile: str = "smoke", **overrides: Any) -> Config:
     """The `Config` of a named profile, with `overrides` applied."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     return Config(profile=profile, **{**PROFILES[profile], **overrides})
 
-# %% ../nbs/00_core.ipynb 50
+# %% ../nbs/00_core.ipynb 62
+def pick_seeds(seeds: Sequence[int], profile_seeds: Sequence[int]) -> list[int]:
+    """`seeds` (a notebook's `seeds` parameter, `--param seeds=[0]`) when given, else the profile's `profile_seeds`."""
+    return [int(s) for s in seeds] or [int(s) for s in profile_seeds]
+
+# %% ../nbs/00_core.ipynb 65
 class Registry(dict):
     """Named entries of one kind; `@REG.register("name")` or `REG.register("name", obj)` adds one."""
     def __init__(self, kind: str):
@@ -268,7 +300,7 @@ class Registry(dict):
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {sorted(self)}")
         return self[name]
 
-# %% ../nbs/00_core.ipynb 53
+# %% ../nbs/00_core.ipynb 68
 PER_PROFILE = ("results", "figures", "outputs")
 
 def paths(root: str | Path | None = None, profile: str | None = None) -> dict[str, Path]:
@@ -280,7 +312,7 @@ def paths(root: str | Path | None = None, profile: str | None = None) -> dict[st
     out["root"] = root
     return out
 
-# %% ../nbs/00_core.ipynb 55
+# %% ../nbs/00_core.ipynb 70
 def git_sha(root: str | Path | None = None) -> str:
     """The current commit of the compendium, or 'unknown' outside git."""
     try:
@@ -289,7 +321,7 @@ def git_sha(root: str | Path | None = None) -> str:
     except Exception:
         return "unknown"
 
-# %% ../nbs/00_core.ipynb 57
+# %% ../nbs/00_core.ipynb 72
 def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None) -> Path:
     """Save `fig` as `figures/<params['profile']>/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
     if figures_dir is None and not (params or {}).get("profile"):
