@@ -13,35 +13,33 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 
-from .core import Config, atomic_torch_save, atomic_write, get_logger, paths, safe_torch_load, seed_everything
+from .core import (
+    PLAN_FIELDS, Config, atomic_torch_save, atomic_write, get_logger, paths, pick_seeds, safe_torch_load, seed_everything)
 from .features import Rows
 from .protocols import PROTOCOLS, domain_probe, load_run_state, run_protocol, run_state, target_parts
 from .train import make_items, train
 
 # %% auto 0
-__all__ = ['log', 'SMOKE_PROTOCOLS', 'grid_protocols', 'grid_seeds', 'Cell', 'slug', 'grid_cells', 'grid_dir', 'cell_path',
-           'source_path', 'target_path', 'state_key', 'plain', 'stored_state', 'GridContext', 'source_state',
-           'target_run', 'run_cell', 'read_cell', 'gather']
+__all__ = ['log', 'grid_protocols', 'grid_seeds', 'Cell', 'slug', 'grid_cells', 'grid_dir', 'cell_path', 'source_path',
+           'target_path', 'state_key', 'plain', 'stored_state', 'GridContext', 'source_state', 'target_run', 'run_cell',
+           'read_cell', 'gather']
 
 # %% ../nbs/13b_grid.ipynb 3
 log = get_logger("urbancross.grid")
 
 # %% ../nbs/13b_grid.ipynb 6
-SMOKE_PROTOCOLS = ("zero-shot transfer", "target-only (20 %)", "target 30 % (upper bound)", "paper: w/o DA",
-                   "paper: curriculum only", "paper: w/o curriculum", "paper: UrbanCross", "unsupervised: UrbanCross")
-
-def grid_protocols(profile: str, protocols: Sequence[str] = ()) -> list[str]:
-    """`protocols`, or the profile's set when empty; unknown names are an error."""
-    out = list(protocols) or (list(SMOKE_PROTOCOLS) if profile == "smoke" else list(PROTOCOLS))
+def grid_protocols(cfg: Config, protocols: Sequence[str] = ()) -> list[str]:
+    """`protocols`, or when empty the profile's (`cfg.grid_protocols`; empty: every registered one); unknown names are an error."""
+    out = list(protocols) or list(cfg.grid_protocols) or list(PROTOCOLS)
     unknown = [p for p in out if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown protocols {unknown}; registered: {list(PROTOCOLS)}")
     return out
 
 # %% ../nbs/13b_grid.ipynb 8
-def grid_seeds(profile: str, seeds: Sequence[int] = ()) -> list[int]:
-    """`seeds`, or the profile's (two for smoke, three otherwise) when empty."""
-    return [int(s) for s in seeds] or ([0, 1] if profile == "smoke" else [0, 1, 2])
+def grid_seeds(cfg: Config, seeds: Sequence[int] = ()) -> list[int]:
+    """`seeds`, or when empty the profile's (`cfg.grid_seeds`)."""
+    return pick_seeds(seeds, cfg.grid_seeds)
 
 # %% ../nbs/13b_grid.ipynb 10
 @dataclass(frozen=True)
@@ -91,8 +89,8 @@ def target_path(root: str | Path, target: str, protocol: str, seed: int) -> Path
 
 # %% ../nbs/13b_grid.ipynb 27
 def state_key(cfg: Config, data: Rows, what: str) -> str:
-    """Key of a stored state: what it is, every `Config` field but the seed, and the data's fingerprint."""
-    fields = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
+    """Key of a stored state: what it is, every `Config` field but the seed and `PLAN_FIELDS`, and the data's fingerprint."""
+    fields = {k: v for k, v in cfg.to_dict().items() if k != "seed" and k not in PLAN_FIELDS}
     return hashlib.sha256(json.dumps([what, fields, data.fingerprint()], default=str, sort_keys=True).encode()).hexdigest()[:20]
 
 # %% ../nbs/13b_grid.ipynb 30

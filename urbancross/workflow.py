@@ -23,9 +23,9 @@ from .experiment import (
     experiment_notebooks, parse_params, parse_settings, preflight, resolve_settings, run_all, run_notebook)
 
 # %% auto 0
-__all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'GRID_CHUNK', 'module_files', 'module_deps', 'notebook_inputs',
-           'grid_plan', 'marker_path', 'run_job', 'RunRequest', 'preflight_report', 'snakefile', 'reproduce_command',
-           'job_times', 'lock_path', 'run_lock', 'reproduce', 'run_sequential']
+__all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'module_files', 'module_deps', 'notebook_inputs', 'grid_plan',
+           'marker_path', 'run_job', 'RunRequest', 'preflight_report', 'snakefile', 'reproduce_command', 'job_times',
+           'lock_path', 'run_lock', 'reproduce', 'run_sequential']
 
 # %% ../nbs/14b_workflow.ipynb 5
 NEEDS = {"23b_cross_domain_summary": ["23_cross_domain"],
@@ -76,20 +76,21 @@ def notebook_inputs(nb_path: str | Path, package: Path | None = None) -> list[Pa
     return [Path(nb_path)] + sorted(f for m in module_deps(mods, package) for f in module_files(m, package))
 
 # %% ../nbs/14b_workflow.ipynb 23
-GRID_NB, SUMMARY_NB = "23_cross_domain", "23b_cross_domain_summary"
-GRID_CHUNK = {"smoke": "seed", "paper": "cell"}
+GRID_NB, SUMMARY_NB = "23_cross_domain", "23b_cross_domain_summary"     # the grid's notebook, and the one that gathers it
 
+# %% ../nbs/14b_workflow.ipynb 26
 def grid_plan(profile: str, chunk: str | None = None, protocols: Sequence[str] = (), seeds: Sequence[int] = (),
               overrides: dict | None = None) -> dict:
-    """The grid's jobs: {'cells': all cells, 'jobs': [{name, params, outputs, needs}], 'source': [...], 'target': [...]}."""
+    """The grid's jobs: {'cells': all cells, 'jobs': [{name, params, outputs, needs}], 'source': [...], 'target': [...]};
+    `chunk`, `protocols` and `seeds` empty mean the profile's (`cfg.grid_chunk`, `grid_protocols`, `grid_seeds`)."""
     # the grid imports the training core: loaded when a plan is made, not by every `job` process
     from urbancross.grid import grid_cells, grid_protocols, grid_seeds
     from urbancross.protocols import PROTOCOLS
-    chunk = chunk or GRID_CHUNK.get(profile, "cell")
+    cfg = get_config(profile, **(overrides or {}))
+    chunk = chunk or cfg.grid_chunk
     if chunk not in ("seed", "cell"):
         raise ValueError(f"grid_chunk={chunk!r}: choose 'seed' (one job per seed) or 'cell' (one job per cell)")
-    cfg = get_config(profile, **(overrides or {}))
-    protos, seeds = grid_protocols(profile, protocols), grid_seeds(profile, seeds)
+    protos, seeds = grid_protocols(cfg, protocols), grid_seeds(cfg, seeds)
     cells = grid_cells(cfg.domains, protos, seeds)
     base = dict(protocols=protos, seeds=seeds)
     out = dict(cells=cells, jobs=[], source=[], target=[], chunk=chunk)
@@ -111,12 +112,12 @@ def grid_plan(profile: str, chunk: str | None = None, protocols: Sequence[str] =
                                                      "protocols": [c.protocol]}, cells=[c], needs=[need]))
     return out
 
-# %% ../nbs/14b_workflow.ipynb 27
+# %% ../nbs/14b_workflow.ipynb 30
 def marker_path(profile: str, name: str, root: str | Path | None = None) -> Path:
     """The finish marker of job `name` (a notebook stem or a grid job)."""
     return paths(root, profile=profile)["outputs"] / "done" / f"{name}.json"
 
-# %% ../nbs/14b_workflow.ipynb 30
+# %% ../nbs/14b_workflow.ipynb 33
 def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: str | Path,
             overrides: dict | None = None, params: dict | None = None) -> float:
     """Run one notebook job (papermill), keep the executed notebook at `executed`, then write `marker`; seconds taken."""
@@ -130,7 +131,7 @@ def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: st
                        overrides=overrides or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S")), f, indent=1)
     return seconds
 
-# %% ../nbs/14b_workflow.ipynb 34
+# %% ../nbs/14b_workflow.ipynb 37
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """One run of the experiments: profile, `--set` settings, `--param` notebook parameters, notebooks (`only`, default
@@ -170,7 +171,7 @@ class RunRequest:
             raise ValueError(f"--only {unknown}: no such experiment notebook; choose from {[p.stem for p in nbs]}")
         return [p for p in nbs if not self.only or p.stem in self.only or p.name in self.only]
 
-# %% ../nbs/14b_workflow.ipynb 37
+# %% ../nbs/14b_workflow.ipynb 40
 def preflight_report(req: RunRequest) -> int:
     """Print what the run of `req` needs and does not find (or that everything is there); 0, else 2."""
     cfg = req.config
@@ -184,13 +185,13 @@ def preflight_report(req: RunRequest) -> int:
           f"pretrained={cfg.pretrained or 'random init'}: everything needed is there", flush=True)
     return 0
 
-# %% ../nbs/14b_workflow.ipynb 41
+# %% ../nbs/14b_workflow.ipynb 44
 def snakefile() -> Path:
     """The `workflow/Snakefile` beside this package's source (the checkout), else under the project root."""
     here = _package().parent / "workflow" / "Snakefile"
     return here if here.exists() else project_root() / "workflow" / "Snakefile"
 
-# %% ../nbs/14b_workflow.ipynb 43
+# %% ../nbs/14b_workflow.ipynb 46
 def reproduce_command(req: RunRequest) -> list[str]:
     """The Snakemake command line of a run (see `reproduce`)."""
     conf = [f"profile={req.profile}", f"settings={json.dumps(list(req.settings))}", f"params={json.dumps(list(req.params))}",
@@ -205,7 +206,7 @@ def reproduce_command(req: RunRequest) -> list[str]:
         cmd += ["--dry-run"]
     return cmd + list(req.extra)
 
-# %% ../nbs/14b_workflow.ipynb 46
+# %% ../nbs/14b_workflow.ipynb 49
 def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) -> dict[str, float]:
     """{job: seconds} from the finish markers of a profile written after `since` (a time.time())."""
     done = paths(root, profile=profile)["outputs"] / "done"
@@ -218,12 +219,12 @@ def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) 
                 continue
     return out
 
-# %% ../nbs/14b_workflow.ipynb 49
+# %% ../nbs/14b_workflow.ipynb 52
 def lock_path() -> Path:
     """The run lock of this compendium."""
     return paths()["outputs"] / ".reproduce.lock"
 
-# %% ../nbs/14b_workflow.ipynb 51
+# %% ../nbs/14b_workflow.ipynb 54
 @contextlib.contextmanager
 def run_lock(skip: bool = False):
     """Hold an exclusive lock on `lock_path()` for one run (yields False if another run holds it)."""
@@ -241,7 +242,7 @@ def run_lock(skip: bool = False):
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/14b_workflow.ipynb 54
+# %% ../nbs/14b_workflow.ipynb 57
 def reproduce(req: RunRequest) -> int:
     """Run (or with `dry_run`, list) the experiment workflow of `req`: Snakemake's exit status, 2 if the preflight
     failed, 3 if another run holds the lock."""
@@ -262,7 +263,7 @@ def reproduce(req: RunRequest) -> int:
           f"{sum(ran.values()):.0f} s in notebooks", flush=True)
     return rc
 
-# %% ../nbs/14b_workflow.ipynb 58
+# %% ../nbs/14b_workflow.ipynb 61
 def run_sequential(req: RunRequest) -> int:
     """The plain run-all of `req`: preflight, then `run_all` over its notebooks; 0, or 2 if the preflight failed."""
     notebooks, overrides = req.notebooks, req.overrides
