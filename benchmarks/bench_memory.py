@@ -13,7 +13,8 @@ folder, builds a tiny native open_clip model from config, and then runs the stag
 
 1. `segment_manifest` with the superpixel segmenter into a fresh `SegmentCache`;
 2. `SegmentStore` over the returned table (variant `store`), or the old in-memory dict
-   `{image_id: read_segments(path)}` that `experiment.profile_segments` builds (variant `dict`);
+   `{image_id: read_segments(path)}` that `datasets.profile_segments` built before it returned a
+   `SegmentStore` (variant `dict`);
 3. `features.feature_bank` with those segments into a fresh feature cache.
 
 It reports the process's peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`; the parent process
@@ -148,7 +149,8 @@ def run_case(n: int, variant: str, threads: int, trace: bool, config: dict = CON
         return feature_bank(cfg, model, df, tmp / "features", segments)
     bank, feat = measured("features", features)
     tracemalloc.stop()
-    assert len(bank) == n and tuple(bank.segments.shape[:2]) == (n, cfg.num_seg_stored) and stats["misses"] == n
+    # the bank keeps the `num_seg` segments a step uses, of the `num_seg_stored` cached per image
+    assert len(bank) == n and tuple(bank.segments.shape[:2]) == (n, cfg.num_seg) and stats["misses"] == n
     crop_bytes = cfg.num_seg_stored * cfg.segment_size ** 2 * 3
     return dict(images=n, variant=variant, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 peak_hwm_mb=status_mb("VmHWM"), baseline_mb=baseline_mb, make_tiles_s=make_s, **seg, **feat,
