@@ -15,7 +15,7 @@ from .core import Config, Registry, get_logger
 from .data import make_splits
 from .features import Rows
 from .train import evaluate_queries, gallery_embeddings, make_items, train, uses_features
-from .towers import RetrievalModel
+from .towers import HEAD_PREFIXES, RetrievalModel
 
 # %% auto 0
 __all__ = ['log', 'PROTOCOLS', 'Protocol', 'protocol_table', 'protocol_config', 'target_parts', 'domain_probe', 'run_state',
@@ -120,7 +120,7 @@ def domain_probe(cfg: Config, model: RetrievalModel, source: Rows, target: Rows,
 # %% ../nbs/13_protocols.ipynb 38
 def run_state(cfg: Config, model: RetrievalModel) -> dict:
     """A copy of what training under `cfg` can change: the heads and temperature on cached features, else everything."""
-    keep = (lambda k: k.startswith(("image_head.", "text_head.", "segment_head.")) or k == "clip.logit_scale") \
+    keep = (lambda k: k.startswith(HEAD_PREFIXES) or k == "clip.logit_scale") \
         if uses_features(cfg) else (lambda k: True)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
 
@@ -128,7 +128,7 @@ def run_state(cfg: Config, model: RetrievalModel) -> dict:
 def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     """Load a (possibly partial, `run_state`) state dict; a partial one may only leave trunk tensors out."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if k.startswith(("image_head.", "text_head.", "segment_head."))] + list(unexpected)
+    bad = [k for k in missing if k.startswith(HEAD_PREFIXES)] + list(unexpected)
     if bad:
         raise ValueError(f"state does not fit the model: {bad[:3]}")
 
