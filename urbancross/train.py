@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ from .towers import RetrievalModel, embed_texts, param_groups, set_trainable
 
 # %% auto 0
 __all__ = ['log', 'warmup_cosine', 'ImageItems', 'FeatureItems', 'collate', 'uses_features', 'epoch_plan', 'step_losses',
-           'train_step', 'gallery_embeddings', 'evaluate', 'evaluate_queries', 'make_items', 'train']
+           'train_step', 'gallery_embeddings', 'evaluate', 'evaluate_queries', 'make_items', 'torch_threads', 'train']
 
 # %% ../nbs/12_train.ipynb 5
 log = get_logger("urbancross.train")
@@ -353,21 +353,32 @@ def make_items(cfg: Config, model: RetrievalModel, data: Rows, segments: Mapping
     """Training items of `data`: cached features for a `FeatureBank`, transformed pixels for a manifest."""
     return _items_of(data, cfg, model, cfg.seed + seed_offset, segments, with_text)
 
-# %% ../nbs/12_train.ipynb 87
+# %% ../nbs/12_train.ipynb 86
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads; the count set before comes back afterwards, also on an error."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+# %% ../nbs/12_train.ipynb 89
 def _prepare_model(cfg: Config, model: RetrievalModel) -> None:
     """Freeze what `cfg.trainable` keeps fixed, and the temperature when the loss has none."""
     set_trainable(model, cfg.trainable, cfg.trainable_blocks)
     if cfg.loss != "infonce":
         model.logit_scale.requires_grad_(False)        # no temperature in the loss: DDP must not wait for its gradient
 
-# %% ../nbs/12_train.ipynb 90
+# %% ../nbs/12_train.ipynb 92
 def _run_shape(cfg: Config, fine_tune: bool, target: torch.utils.data.Dataset | None) -> tuple[int, int, int]:
     """(epochs, source rows a step, target rows a step; 0: none) of an alignment or fine-tuning run."""
     epochs = cfg.da_epochs if fine_tune else cfg.epochs
     bs, tb = (cfg.source_batch, cfg.target_batch if target is not None else 0) if fine_tune else (cfg.batch_size, 0)
     return epochs, bs, tb
 
-# %% ../nbs/12_train.ipynb 93
+# %% ../nbs/12_train.ipynb 95
 def _epoch_plans(n_source: int, n_target: int, epochs: int, seed: int, bs: int, tb: int, world: int) -> list[list]:
     """`epoch_plan` of every epoch; an error naming the sizes when not one step has a full batch."""
     min_size = max(2, world)
@@ -377,7 +388,7 @@ def _epoch_plans(n_source: int, n_target: int, epochs: int, seed: int, bs: int, 
                          + (f", {n_target} target rows (batch {tb})" if tb else "") + f", {world} process(es)")
     return plans
 
-# %% ../nbs/12_train.ipynb 96
+# %% ../nbs/12_train.ipynb 98
 def _discriminator(cfg: Config, model: RetrievalModel, target: torch.utils.data.Dataset | None, fine_tune: bool,
                    device: torch.device) -> DomainDiscriminator | None:
     """The domain discriminator of an adversarial fine-tuning run towards `target`; None in any other run."""
@@ -385,7 +396,7 @@ def _discriminator(cfg: Config, model: RetrievalModel, target: torch.utils.data.
         return DomainDiscriminator(model.embed_dim, hidden=cfg.disc_hidden).to(device)
     return None
 
-# %% ../nbs/12_train.ipynb 99
+# %% ../nbs/12_train.ipynb 101
 def _train_groups(cfg: Config, model: RetrievalModel, disc: nn.Module | None, fine_tune: bool) -> list[dict]:
     """AdamW parameter groups of an alignment run (`param_groups`) or a fine-tuning run, plus the discriminator's."""
     if fine_tune:
@@ -396,7 +407,7 @@ def _train_groups(cfg: Config, model: RetrievalModel, disc: nn.Module | None, fi
         groups.append(dict(params=list(disc.parameters()), lr=cfg.da_lr, weight_decay=cfg.weight_decay))
     return groups
 
-# %% ../nbs/12_train.ipynb 102
+# %% ../nbs/12_train.ipynb 104
 def _optimizer(cfg: Config, groups: list[dict], total: int, device: torch.device) -> tuple:
     """(AdamW over `groups`, its warm-up cosine schedule over `total` steps, the fp16 gradient scaler)."""
     opt = torch.optim.AdamW(groups, foreach=True)
@@ -404,7 +415,7 @@ def _optimizer(cfg: Config, groups: list[dict], total: int, device: torch.device
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16" and device.type == "cuda"))
     return opt, sched, scaler
 
-# %% ../nbs/12_train.ipynb 105
+# %% ../nbs/12_train.ipynb 107
 @dataclass
 class _Run:
     """What one call of `train` trains with, built before its first step."""
@@ -441,7 +452,7 @@ class _Run:
         if self.rank == 0:
             log.info(msg)
 
-# %% ../nbs/12_train.ipynb 109
+# %% ../nbs/12_train.ipynb 111
 @dataclass
 class _Progress:
     """Where a run stands: the loop state a checkpoint keeps besides the weights, and what `resume` restores."""
@@ -458,7 +469,7 @@ class _Progress:
         """Seconds trained so far, by every process of the run."""
         return self.elapsed + time.time() - self.t0
 
-# %% ../nbs/12_train.ipynb 112
+# %% ../nbs/12_train.ipynb 114
 def _restore(run: _Run) -> _Progress:
     """The progress stored in `run.checkpoint`, after checking it is this run's and loading its states."""
     ck = safe_torch_load(run.checkpoint)
@@ -472,7 +483,7 @@ def _restore(run: _Run) -> _Progress:
         run.info(f"resuming from {run.checkpoint}: epoch {at.epoch + 1}/{run.epochs}, step {at.step} (global step {at.global_step})")
     return at
 
-# %% ../nbs/12_train.ipynb 114
+# %% ../nbs/12_train.ipynb 116
 def _resume(run: _Run, resume: bool) -> _Progress:
     """Where `run` starts: fresh, or where `run.checkpoint` left off when asked to `resume` and it exists."""
     if resume and not run.checkpoint:
@@ -485,7 +496,7 @@ def _resume(run: _Run, resume: bool) -> _Progress:
         run.info(f"no checkpoint at {run.checkpoint}: starting fresh")
     return _Progress()
 
-# %% ../nbs/12_train.ipynb 117
+# %% ../nbs/12_train.ipynb 119
 def _ddp(model: RetrievalModel, device: torch.device, world: int) -> nn.Module:
     """`model` wrapped for DistributedDataParallel when `world` processes train; the model itself for one."""
     if world > 1:
@@ -493,7 +504,7 @@ def _ddp(model: RetrievalModel, device: torch.device, world: int) -> nn.Module:
                                        find_unused_parameters=True)
     return model
 
-# %% ../nbs/12_train.ipynb 120
+# %% ../nbs/12_train.ipynb 122
 def _start_line(run: _Run) -> str:
     """The run's first log line: model, regime and modules, rows and what they hold, steps, batch, processes, device."""
     cfg, tb, kind = run.cfg, run.target_batch, getattr(run.source, "kind", "images")
@@ -503,20 +514,20 @@ def _start_line(run: _Run) -> str:
             f"{kind}: {run.epochs} epochs, {run.total} steps, batch {run.batch_size}{f' + {tb}' if tb else ''} "
             f"over {run.world} process(es) on {run.device.type}, amp={cfg.amp}")
 
-# %% ../nbs/12_train.ipynb 123
+# %% ../nbs/12_train.ipynb 125
 def _restore_rng(run: _Run, at: _Progress) -> None:
     """Set this process's random generators to the states stored in `at` (none stored: leave them)."""
     if at.rng is not None:
         set_rng_state(at.rng[run.rank] if len(at.rng) == run.world else at.rng[0], run.device)
 
-# %% ../nbs/12_train.ipynb 126
+# %% ../nbs/12_train.ipynb 128
 def _freeze_frozen_norms(model: nn.Module) -> None:
     """Batch-norm layers with no trainable parameter go to eval mode (running statistics stay put)."""
     for mod in model.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters()):
             mod.eval()
 
-# %% ../nbs/12_train.ipynb 128
+# %% ../nbs/12_train.ipynb 130
 def _train_mode(run: _Run) -> None:
     """The model (and discriminator) in training mode, batch norms with frozen parameters in eval mode."""
     run.net.train()
@@ -524,12 +535,12 @@ def _train_mode(run: _Run) -> None:
         run.disc.train()
     _freeze_frozen_norms(run.model)
 
-# %% ../nbs/12_train.ipynb 131
+# %% ../nbs/12_train.ipynb 133
 def _show_progress(cfg: Config) -> bool:
     """Whether to show a progress bar: `cfg.progress` on, or auto and stderr a terminal."""
     return cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
 
-# %% ../nbs/12_train.ipynb 133
+# %% ../nbs/12_train.ipynb 135
 def _loader(items, keys: list[list], num_workers: int, seed: int):
     """A DataLoader yielding the batches of `items` listed in `keys` (one list of keys a batch); none without keys."""
     if not keys:
@@ -537,7 +548,7 @@ def _loader(items, keys: list[list], num_workers: int, seed: int):
     return torch.utils.data.DataLoader(items, batch_sampler=keys, num_workers=num_workers, collate_fn=collate,
                                        generator=torch.Generator().manual_seed(seed))
 
-# %% ../nbs/12_train.ipynb 135
+# %% ../nbs/12_train.ipynb 137
 def _epoch_loaders(run: _Run, epoch: int, steps: list[tuple[list, list]]) -> tuple:
     """Loaders of this process's shard of `steps`' source and target rows in `epoch` (no target: `None` batches)."""
     tb = run.target_batch
@@ -547,7 +558,7 @@ def _epoch_loaders(run: _Run, epoch: int, steps: list[tuple[list, list]]) -> tup
     tgt_loader = _loader(run.target, tgt_keys, run.cfg.num_workers, run.cfg.seed) if tb else [None] * len(src_keys)
     return src_loader, tgt_loader
 
-# %% ../nbs/12_train.ipynb 138
+# %% ../nbs/12_train.ipynb 140
 def _step(run: _Run, at: _Progress, epoch: int, rows: tuple[list, list], src_batch: dict, tgt_batch: dict | None) -> dict:
     """`train_step` on this process's `src_batch` and `tgt_batch` of the step's `rows` (source, target)."""
     (s, t), tb, world = rows, run.target_batch, run.world
@@ -557,7 +568,7 @@ def _step(run: _Run, at: _Progress, epoch: int, rows: tuple[list, list], src_bat
                       src_texts, tgt_texts, shard_sizes(len(s), world), shard_sizes(len(t), world) if tb else None,
                       epoch, at.global_step / max(1, run.total - 1))
 
-# %% ../nbs/12_train.ipynb 141
+# %% ../nbs/12_train.ipynb 143
 def _save(run: _Run, at: _Progress, epoch_done: int, step: int, logs: list[dict]) -> None:
     """Checkpoint `run` after `step` steps of epoch `epoch_done` + 1 (`logs`: those steps' logs)."""
     rng = gather_rng(run.device, run.world)
@@ -567,7 +578,7 @@ def _save(run: _Run, at: _Progress, epoch_done: int, step: int, logs: list[dict]
                             global_step=at.global_step, history=at.history, epoch_logs=logs, elapsed=at.seconds(),
                             rng=rng, n_items=run.n_items, world_size=run.world))
 
-# %% ../nbs/12_train.ipynb 145
+# %% ../nbs/12_train.ipynb 147
 def _run_epoch(run: _Run, at: _Progress, epoch: int, first: int, logs: list[dict],
                on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Steps `first`, `first` + 1, ... of `epoch`, their logs appended to `logs`; `at.global_step` counts them."""
@@ -587,7 +598,7 @@ def _run_epoch(run: _Run, at: _Progress, epoch: int, first: int, logs: list[dict
     bar.close()
     return logs
 
-# %% ../nbs/12_train.ipynb 148
+# %% ../nbs/12_train.ipynb 150
 def _epoch_row(run: _Run, at: _Progress, epoch: int, logs: list[dict], val: Rows | None = None) -> dict:
     """History row of `epoch` from its steps' `logs`: their means, source ratio, seconds, `val_mR` on `val`."""
     keys = sorted({k for lg in logs for k in lg})
@@ -599,39 +610,39 @@ def _epoch_row(run: _Run, at: _Progress, epoch: int, logs: list[dict], val: Rows
         row["val_mR"] = evaluate(run.cfg, run.model, val)["mR"]
     return row
 
-# %% ../nbs/12_train.ipynb 150
+# %% ../nbs/12_train.ipynb 152
 def _row_line(row: dict) -> str:
     """An epoch's log line: `key=value` pairs, floats to four significant digits."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
-# %% ../nbs/12_train.ipynb 153
+# %% ../nbs/12_train.ipynb 155
 def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, target: torch.utils.data.Dataset | None = None,
           fine_tune: bool = False, val: Rows | None = None, checkpoint: str | Path | None = None,
           resume: bool = False, on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Train `model` on `source` (towards `target` when fine-tuning); resumable, DDP under torchrun; per-epoch history."""
     rank, world = init_distributed()
     seed_everything(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    _prepare_model(cfg, model)
-    device = process_device(model, world)
-    epochs, bs, tb = _run_shape(cfg, fine_tune, target)
-    plans = _epoch_plans(len(source), len(target) if target is not None else 0, epochs, cfg.seed, bs, tb, world)
-    disc = _discriminator(cfg, model, target, fine_tune, device)
-    opt, sched, scaler = _optimizer(cfg, _train_groups(cfg, model, disc, fine_tune), sum(map(len, plans)), device)
-    run = _Run(cfg, model, model, disc, opt, sched, scaler, source, target, plans, bs, tb, fine_tune, rank, world,
-               device, checkpoint)
-    at = _resume(run, resume)
-    if at.epoch >= run.epochs:
+    with torch_threads(cfg.threads):
+        _prepare_model(cfg, model)
+        device = process_device(model, world)
+        epochs, bs, tb = _run_shape(cfg, fine_tune, target)
+        plans = _epoch_plans(len(source), len(target) if target is not None else 0, epochs, cfg.seed, bs, tb, world)
+        disc = _discriminator(cfg, model, target, fine_tune, device)
+        opt, sched, scaler = _optimizer(cfg, _train_groups(cfg, model, disc, fine_tune), sum(map(len, plans)), device)
+        run = _Run(cfg, model, model, disc, opt, sched, scaler, source, target, plans, bs, tb, fine_tune, rank, world,
+                   device, checkpoint)
+        at = _resume(run, resume)
+        if at.epoch >= run.epochs:
+            return pd.DataFrame(at.history)
+        run.net = _ddp(model, device, world)
+        run.info(_start_line(run))
+        _restore_rng(run, at)
+        at.t0 = time.time()
+        for epoch in range(at.epoch, run.epochs):
+            first, logs = (at.step, at.epoch_logs) if epoch == at.epoch else (0, [])
+            _run_epoch(run, at, epoch, first, logs, on_step)
+            at.history.append(_epoch_row(run, at, epoch, logs, val))
+            run.info(_row_line(at.history[-1]))
+            if checkpoint:
+                _save(run, at, epoch + 1, 0, [])
         return pd.DataFrame(at.history)
-    run.net = _ddp(model, device, world)
-    run.info(_start_line(run))
-    _restore_rng(run, at)
-    at.t0 = time.time()
-    for epoch in range(at.epoch, run.epochs):
-        first, logs = (at.step, at.epoch_logs) if epoch == at.epoch else (0, [])
-        _run_epoch(run, at, epoch, first, logs, on_step)
-        at.history.append(_epoch_row(run, at, epoch, logs, val))
-        run.info(_row_line(at.history[-1]))
-        if checkpoint:
-            _save(run, at, epoch + 1, 0, [])
-    return pd.DataFrame(at.history)
