@@ -151,6 +151,7 @@ class _ModelFields(_RunFields):
 @dataclass
 class _TrainingFields(_ModelFields):
     """Alignment training (`07_losses`, `12_train`): loss, schedule, precision, the cached-feature path."""
+    recipe: str = "authors"                # the row of recipes.RECIPES whose method settings get_config applies
     loss: str = "infonce"                  # 'infonce' | 'triplet' (upstream hinge, summed over negatives)
     margin: float = 0.2
     epochs: int = 4
@@ -159,7 +160,13 @@ class _TrainingFields(_ModelFields):
     lr_backbone: float = 3e-5              # trainable tower blocks
     weight_decay: float = 0.05
     warmup_frac: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0                 # 0: no clipping
+    optimizer: str = "adamw"               # 'adamw' | 'adam' (no decoupled decay; upstream)
+    lr_schedule: str = "cosine"            # 'cosine' (warm-up + cosine) | 'step' (x lr_step_gamma every lr_step_epochs) | 'constant'
+    lr_step_epochs: int = 20
+    lr_step_gamma: float = 0.7
+    keep_best: bool = True                 # with a validation split: evaluate each epoch, end on the best R-sum epoch's weights
+    epochs_by_data: tuple = ()             # (("finland", 15), ...): a dataset's own epoch count (Config.for_data)
     amp: str = "off"                       # 'off' | 'bf16' | 'fp16' (with GradScaler); CUDA only
     tf32: bool = True                      # TF32 matmuls/convolutions on CUDA (Ampere and later)
     grad_checkpointing: bool = False       # recompute tower activations in backward (open_clip's set_grad_checkpointing)
@@ -184,6 +191,7 @@ class _SegmentFields(_TrainingFields):
     sam_stability_score_thresh: float = 0.95
     num_seg_stored: int = 10               # segments cached per image (paper: 10)
     num_seg: int = 5                       # segments used per image
+    num_seg_by_data: tuple = ()            # (("rsicd", 6), ...): a dataset's own num_seg (Config.for_data)
     segment_size: int = 64                 # crop side in pixels
     segment_workers: int = 1               # processes computing superpixel segments (SAM always runs in one)
     w_image_text: float = 1.0              # loss weights
@@ -200,6 +208,10 @@ class _AdaptationFields(_SegmentFields):
     """Cross-domain fine-tuning (`08_curriculum`, `09_adversarial`, `13_protocols`): the slice, the schedule, the modules."""
     da_epochs: int = 5                     # passes over the target fine-tuning slice
     da_lr: float = 1e-7                    # one learning rate for everything trainable (upstream: Adam 1e-7)
+    da_lr_schedule: str = "cosine"         # 'cosine' (warm-up + cosine) | 'constant' (upstream)
+    da_schedule: str = "epoch"             # 'epoch': admitted share grows per epoch | 'within': da_passes passes per epoch, share growing within it (upstream HEAD)
+    da_passes: int = 5                     # passes over the target slice per epoch under da_schedule='within'
+    da_alignment: bool = True              # fine-tuning keeps the alignment loss (image-text, segments) beside the target terms
     source_batch: int = 80
     target_batch: int = 16
     target_split: tuple = (0.2, 0.1, 0.7)  # target domain: fine-tune / fine-tune-val / test
@@ -213,7 +225,9 @@ class _AdaptationFields(_SegmentFields):
     adv_weight: float = 1.0
     adv_gamma: float = 10.0
     adv_weighting: str = "similarity"      # 'similarity' (upstream: target-likeness) | 'entropy' | 'none'
+    adv_mode: str = "reversal"             # 'reversal' (gradient reversal, DANN; the paper's adversary) | 'joint' (upstream code: domain loss minimised jointly)
     disc_hidden: int = 256
+    disc_lr: float = 0.0                   # the discriminator's learning rate (0: da_lr)
     w_target_negative: float = 1.0         # upstream triplet: source image, its caption, hardest target image
 
 # %% ../nbs/00_core.ipynb 48
