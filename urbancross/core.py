@@ -216,6 +216,7 @@ class _AdaptationFields(_SegmentFields):
     target_batch: int = 16
     target_split: tuple = (0.2, 0.1, 0.7)  # target domain: fine-tune / fine-tune-val / test
     target_captions: bool = True           # the fine-tune slice has captions (paper) or is unlabeled
+    use_unlisted_target: bool = False      # unlabeled protocols also adapt on the target's release images no caption lists
     target_text_loss: bool = False         # also use the slice's captions in the retrieval loss (named variant)
     select_source: bool = False            # keep only the most target-like share of each source batch
     curriculum: bool = False               # that share grows: min(start + step * epoch, 1); else fixed at start
