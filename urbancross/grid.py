@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,15 +14,16 @@ import pandas as pd
 import torch
 
 from .core import (
-    PLAN_FIELDS, Config, atomic_torch_save, atomic_write, get_logger, paths, pick_seeds, safe_torch_load, seed_everything)
+    PLAN_FIELDS, Config, atomic_torch_save, atomic_write, get_config, get_logger, paths, pick_seeds, safe_torch_load,
+    seed_everything)
 from .features import Rows
 from .protocols import PROTOCOLS, domain_probe, load_run_state, run_protocol, run_state, target_parts
 from .train import make_items, train
 
 # %% auto 0
-__all__ = ['log', 'grid_protocols', 'grid_seeds', 'Cell', 'slug', 'grid_cells', 'grid_dir', 'cell_path', 'source_path',
-           'target_path', 'state_key', 'plain', 'stored_state', 'GridContext', 'source_state', 'target_run', 'run_cell',
-           'read_cell', 'gather']
+__all__ = ['log', 'HEADLINE_PROTOCOLS', 'GRID_RECIPES', 'grid_protocols', 'grid_seeds', 'recipe_protocols', 'Cell', 'slug',
+           'grid_cells', 'grid_dir', 'cell_path', 'source_path', 'target_path', 'state_key', 'plain', 'stored_state',
+           'GridContext', 'recipe_config', 'source_state', 'target_run', 'run_cell', 'read_cell', 'gather']
 
 # %% ../nbs/13b_grid.ipynb 3
 log = get_logger("urbancross.grid")
@@ -41,7 +42,18 @@ def grid_seeds(cfg: Config, seeds: Sequence[int] = ()) -> list[int]:
     """`seeds`, or when empty the profile's (`cfg.grid_seeds`)."""
     return pick_seeds(seeds, cfg.grid_seeds)
 
-# %% ../nbs/13b_grid.ipynb 10
+# %% ../nbs/13b_grid.ipynb 11
+HEADLINE_PROTOCOLS = ("zero-shot transfer", "paper: plain fine-tuning", "paper: UrbanCross")   # the DA claim and its two baselines
+GRID_RECIPES = ("authors", "ours")      # the grid's recipes: the first on every protocol, the others on the headline ones
+
+# %% ../nbs/13b_grid.ipynb 12
+def recipe_protocols(protocols: Sequence[str], recipes: Sequence[str] = ()) -> dict[str, list[str]]:
+    """{recipe: the protocols of `protocols` it runs}: the first of `recipes` (default `GRID_RECIPES`) every one, each
+    other the `HEADLINE_PROTOCOLS` among them."""
+    recipes = list(recipes) or list(GRID_RECIPES)
+    return {r: [p for p in protocols if i == 0 or p in HEADLINE_PROTOCOLS] for i, r in enumerate(recipes)}
+
+# %% ../nbs/13b_grid.ipynb 14
 @dataclass(frozen=True)
 class Cell:
     """One run of the cross-domain grid."""
@@ -49,56 +61,59 @@ class Cell:
     target: str
     protocol: str
     seed: int
+    recipe: str = "authors"          # the profiles' default recipe
 
     @property
     def name(self) -> str:
-        """File-name form: `<source>-<target>__<protocol slug>__s<seed>`."""
-        return f"{self.source}-{self.target}__{slug(self.protocol)}__s{self.seed}"
+        """File-name form: `<source>-<target>__<protocol slug>__<recipe slug>__s<seed>`."""
+        return f"{self.source}-{self.target}__{slug(self.protocol)}__{slug(self.recipe)}__s{self.seed}"
 
-# %% ../nbs/13b_grid.ipynb 13
+# %% ../nbs/13b_grid.ipynb 17
 def slug(protocol: str) -> str:
-    """A protocol name as a file-name part: lower case, runs of other characters as one `-`."""
+    """A protocol (or recipe) name as a file-name part: lower case, runs of other characters as one `-`."""
     return re.sub(r"[^a-z0-9]+", "-", protocol.lower()).strip("-")
 
-# %% ../nbs/13b_grid.ipynb 15
+# %% ../nbs/13b_grid.ipynb 19
 def grid_cells(domains: Sequence[str], protocols: Sequence[str], seeds: Sequence[int],
-               sources: Sequence[str] = (), targets: Sequence[str] = ()) -> list[Cell]:
-    """Every cell of the grid, seed-major then source, target, protocol (optionally restricted to some sources/targets)."""
-    return [Cell(s, t, p, seed) for seed in seeds for s in domains for t in domains if s != t
-            for p in protocols if (not sources or s in sources) and (not targets or t in targets)]
+               sources: Sequence[str] = (), targets: Sequence[str] = (), recipes: Sequence[str] = ()) -> list[Cell]:
+    """Every cell of the grid, seed-major then source, target, protocol, recipe (`recipe_protocols`; optionally
+    restricted to some sources/targets)."""
+    plan = recipe_protocols(protocols, recipes)
+    return [Cell(s, t, p, seed, r) for seed in seeds for s in domains for t in domains if s != t
+            for p in protocols for r in plan if p in plan[r] and (not sources or s in sources) and (not targets or t in targets)]
 
-# %% ../nbs/13b_grid.ipynb 18
+# %% ../nbs/13b_grid.ipynb 22
 def grid_dir(profile: str, root: str | Path | None = None) -> Path:
     """The grid's folder of a profile (default `outputs/<profile>/cross_domain`)."""
     return Path(root) if root else paths(profile=profile)["outputs"] / "cross_domain"
 
-# %% ../nbs/13b_grid.ipynb 20
+# %% ../nbs/13b_grid.ipynb 24
 def cell_path(root: str | Path, cell: Cell) -> Path:
     """The file of a cell's result."""
     return Path(root) / "cells" / f"{cell.name}.json"
 
-# %% ../nbs/13b_grid.ipynb 22
-def source_path(root: str | Path, source: str, seed: int) -> Path:
-    """The file of the source checkpoint of `(source, seed)`."""
-    return Path(root) / "source" / f"{source}_s{seed}.pt"
+# %% ../nbs/13b_grid.ipynb 26
+def source_path(root: str | Path, source: str, seed: int, recipe: str = "authors") -> Path:
+    """The file of the source checkpoint of `(source, seed, recipe)`."""
+    return Path(root) / "source" / f"{source}__{slug(recipe)}_s{seed}.pt"
 
-# %% ../nbs/13b_grid.ipynb 24
-def target_path(root: str | Path, target: str, protocol: str, seed: int) -> Path:
-    """The file of the run of a target-trained protocol on `(target, seed)`."""
-    return Path(root) / "target" / f"{target}__{slug(protocol)}__s{seed}.pt"
+# %% ../nbs/13b_grid.ipynb 28
+def target_path(root: str | Path, target: str, protocol: str, seed: int, recipe: str = "authors") -> Path:
+    """The file of the run of a target-trained protocol on `(target, seed)` under `recipe`."""
+    return Path(root) / "target" / f"{target}__{slug(protocol)}__{slug(recipe)}__s{seed}.pt"
 
-# %% ../nbs/13b_grid.ipynb 27
+# %% ../nbs/13b_grid.ipynb 31
 def state_key(cfg: Config, data: Rows, what: str) -> str:
     """Key of a stored state: what it is, every `Config` field but the seed and `PLAN_FIELDS`, and the data's fingerprint."""
     fields = {k: v for k, v in cfg.to_dict().items() if k != "seed" and k not in PLAN_FIELDS}
     return hashlib.sha256(json.dumps([what, fields, data.fingerprint()], default=str, sort_keys=True).encode()).hexdigest()[:20]
 
-# %% ../nbs/13b_grid.ipynb 30
+# %% ../nbs/13b_grid.ipynb 34
 def plain(obj):
     """`obj` with NumPy scalars as Python numbers, so that it loads with `weights_only=True` and writes as JSON."""
     return json.loads(json.dumps(obj, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
-# %% ../nbs/13b_grid.ipynb 32
+# %% ../nbs/13b_grid.ipynb 36
 def stored_state(path: Path, key: str, make, what: str) -> dict:
     """The dict stored at `path` if its key is `key`; else `make()` (a dict) stored there with the key."""
     if path.exists():
@@ -114,7 +129,7 @@ def stored_state(path: Path, key: str, make, what: str) -> dict:
     atomic_torch_save(blob, path)
     return blob
 
-# %% ../nbs/13b_grid.ipynb 35
+# %% ../nbs/13b_grid.ipynb 39
 @dataclass
 class GridContext:
     """What the cells run in one process share."""
@@ -124,22 +139,32 @@ class GridContext:
     segments: Mapping | None
     pretrained: dict
     root: Path
+    overrides: Mapping = field(default_factory=dict)   # what `cfg` was built with: get_config(profile, **overrides)
+    unlisted: Rows | None = None     # the target domains' unlisted images (no captions), of the kind `data` is
 
-# %% ../nbs/13b_grid.ipynb 37
-def source_state(ctx: GridContext, source: str, seed: int) -> dict:
-    """The source checkpoint of `(source, seed)`: trained on the source's training split, or read back."""
-    c, src = ctx.cfg.replace(seed=seed), ctx.data.select(source, "train")
+# %% ../nbs/13b_grid.ipynb 41
+def recipe_config(ctx: GridContext, recipe: str, seed: int) -> Config:
+    """The configuration of a cell under `recipe`: the context's own for its recipe, else the same profile and overrides
+    under `recipe` (`get_config`)."""
+    c = ctx.cfg if recipe == ctx.cfg.recipe else get_config(ctx.cfg.profile, **{**ctx.overrides, "recipe": recipe})
+    return c.replace(seed=seed)
+
+# %% ../nbs/13b_grid.ipynb 43
+def source_state(ctx: GridContext, source: str, seed: int, recipe: str = "authors") -> dict:
+    """The source checkpoint of `(source, seed, recipe)`: trained on the source's training split, ending on its best
+    epoch on the source's validation split (`cfg.keep_best`), or read back."""
+    c, src, val = recipe_config(ctx, recipe, seed), ctx.data.select(source, "train"), ctx.data.select(source, "val")
     def make() -> dict:
         load_run_state(ctx.model, ctx.pretrained); seed_everything(seed)
-        hist = train(c, ctx.model, make_items(c, ctx.model, src, ctx.segments))
+        hist = train(c, ctx.model, make_items(c, ctx.model, src, ctx.segments), val=val if len(val) else None)
         return {"state": run_state(c, ctx.model), "steps": int(hist.steps.sum()) if len(hist) else 0}
-    return stored_state(source_path(ctx.root, source, seed), state_key(c, src, f"source {source}"), make,
-                        f"source checkpoint {source} seed {seed}")["state"]
+    return stored_state(source_path(ctx.root, source, seed, recipe), state_key(c, src, f"source {source}"), make,
+                        f"source checkpoint {source} seed {seed} ({recipe})")["state"]
 
-# %% ../nbs/13b_grid.ipynb 39
-def target_run(ctx: GridContext, target: str, protocol: str, seed: int) -> dict:
-    """The run of a target-trained protocol on `(target, seed)`: state, metrics, history and test hits."""
-    c = ctx.cfg.replace(seed=seed)
+# %% ../nbs/13b_grid.ipynb 45
+def target_run(ctx: GridContext, target: str, protocol: str, seed: int, recipe: str = "authors") -> dict:
+    """The run of a target-trained protocol on `(target, seed)` under `recipe`: state, metrics, history and test hits."""
+    c = recipe_config(ctx, recipe, seed)
     tgt = ctx.data.select(target)
     parts = target_parts(c, tgt, seed)
     def make() -> dict:
@@ -148,27 +173,32 @@ def target_run(ctx: GridContext, target: str, protocol: str, seed: int) -> dict:
                                            ctx.segments, probe=False)    # the probe needs a source: added per pair
         return {"state": run_state(c, ctx.model), **plain({"metrics": metrics, "hist": hist.to_dict("list"),
                                                            "hits": hits.to_dict("list")})}
-    return stored_state(target_path(ctx.root, target, protocol, seed), state_key(c, tgt, f"target {target} {protocol}"),
-                        make, f"{protocol} on {target} seed {seed}")
+    return stored_state(target_path(ctx.root, target, protocol, seed, recipe), state_key(c, tgt, f"target {target} {protocol}"),
+                        make, f"{protocol} on {target} seed {seed} ({recipe})")
 
-# %% ../nbs/13b_grid.ipynb 41
+# %% ../nbs/13b_grid.ipynb 47
 def run_cell(ctx: GridContext, cell: Cell) -> dict:
     """Run one cell, write `cells/<cell>.json` atomically, and return its contents."""
-    c, spec = ctx.cfg.replace(seed=cell.seed), PROTOCOLS.get(cell.protocol)
+    c, spec = recipe_config(ctx, cell.recipe, cell.seed), PROTOCOLS.get(cell.protocol)
     source = ctx.data.select(cell.source, "train")
     parts = target_parts(c, ctx.data.select(cell.target), cell.seed)
+    unlisted = ctx.unlisted.select(cell.target) if ctx.unlisted is not None and spec.uses_unlisted(c) else None
     if spec.starts_from_pretrained:
-        run = target_run(ctx, cell.target, cell.protocol, cell.seed)
+        run = target_run(ctx, cell.target, cell.protocol, cell.seed, cell.recipe)
+        load_run_state(ctx.model, ctx.pretrained)
+        before = domain_probe(c, ctx.model, source, parts["test"], ctx.segments, seed=cell.seed)
         load_run_state(ctx.model, run["state"])
-        metrics = {**run["metrics"], "domain_probe": domain_probe(c, ctx.model, source, parts["test"], ctx.segments, seed=cell.seed)}
+        metrics = {"domain_probe_before": before, **run["metrics"],
+                   "domain_probe": domain_probe(c, ctx.model, source, parts["test"], ctx.segments, seed=cell.seed)}
         hist, hits = pd.DataFrame(run["hist"]), pd.DataFrame(run["hits"])
     else:
-        state = source_state(ctx, cell.source, cell.seed)
+        state = source_state(ctx, cell.source, cell.seed, cell.recipe)
         seed_everything(cell.seed)
-        metrics, hist, hits = run_protocol(c, cell.protocol, ctx.model, state, ctx.pretrained, source, parts, ctx.segments)
-    row = dict(source=cell.source, target=cell.target, protocol=cell.protocol, family=spec.family, seed=cell.seed,
-               n_finetune=len(parts["finetune"]), n_test_images=len(parts["test"]),
-               steps=int(hist.steps.sum()) if len(hist) else 0,
+        metrics, hist, hits = run_protocol(c, cell.protocol, ctx.model, state, ctx.pretrained, source, parts, ctx.segments,
+                                           unlisted=unlisted)
+    row = dict(source=cell.source, target=cell.target, protocol=cell.protocol, family=spec.family, recipe=cell.recipe,
+               seed=cell.seed, n_finetune=len(parts["finetune"]), n_unlisted=len(unlisted) if unlisted is not None else 0,
+               n_test_images=len(parts["test"]), steps=int(hist.steps.sum()) if len(hist) else 0,
                disc_acc=float(hist.disc_acc.iloc[-1]) if "disc_acc" in hist and len(hist) else None, **metrics)
     out = plain({"cell": cell.__dict__, "row": row, "hits": hits.to_dict("list"), "hist": hist.to_dict("list")})
     path = cell_path(ctx.root, cell)
@@ -177,7 +207,7 @@ def run_cell(ctx: GridContext, cell: Cell) -> dict:
     log.info(f"grid: {cell.name}: mR {row.get('mR', float('nan')):.2f} -> {path.name}")
     return out
 
-# %% ../nbs/13b_grid.ipynb 44
+# %% ../nbs/13b_grid.ipynb 50
 def read_cell(path: Path) -> dict:
     """One cell file, or an error naming it."""
     try:
@@ -187,9 +217,9 @@ def read_cell(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cell file {path} is not valid JSON ({e}); delete it and rerun its cell") from e
 
-# %% ../nbs/13b_grid.ipynb 46
+# %% ../nbs/13b_grid.ipynb 52
 def gather(root: str | Path, cells: Sequence[Cell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(runs, per-image hits, histories) of `cells`, each tagged with source, target, protocol and seed."""
+    """(runs, per-image hits, histories) of `cells`, each tagged with source, target, protocol, recipe and seed."""
     missing = [c.name for c in cells if not cell_path(root, c).exists()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(cells)} grid cells have no file in {Path(root) / 'cells'} "
@@ -197,7 +227,7 @@ def gather(root: str | Path, cells: Sequence[Cell]) -> tuple[pd.DataFrame, pd.Da
     rows, hits, hists = [], [], []
     for c in cells:
         d = read_cell(cell_path(root, c))
-        tag = dict(source=c.source, target=c.target, protocol=c.protocol, seed=c.seed)
+        tag = dict(source=c.source, target=c.target, protocol=c.protocol, recipe=c.recipe, seed=c.seed)
         rows.append(d["row"])
         hits.append(pd.DataFrame(d["hits"]).assign(**tag))
         if d["hist"] and len(next(iter(d["hist"].values()))):

@@ -36,6 +36,8 @@ class Protocol:
     select_source: bool = False
     curriculum: bool = False
     adversarial: bool = False
+    target_negative: bool = True     # the hard-target-negative term at cfg.w_target_negative (False: weight 0)
+    unlisted_target: bool = False    # unlabeled target rows also take the target's unlisted images (else: if cfg says so)
 
     def __post_init__(self):
         if self.train_on not in ("none", "source+target", "target", "target-all"):
@@ -57,6 +59,13 @@ for _fam, _caps in (("paper", True), ("unsupervised", False)):
                                                       select_source=True, curriculum=True, adversarial=True))
 PROTOCOLS.register("paper: UrbanCross + slice captions in loss",
                    Protocol("paper", "source+target", "UrbanCross, and the slice's captions also in the retrieval loss", True, True, True, True, True))
+PROTOCOLS.register("paper: plain fine-tuning",
+                   Protocol("paper", "source+target", "source checkpoint fine-tuned on source + slice, plain retrieval loss on both "
+                            "(slice captions as pairs); every target-aware term off", True, True, target_negative=False))
+PROTOCOLS.register("unsupervised: UrbanCross + unlisted",
+                   Protocol("unsupervised", "source+target", "UrbanCross ranked by slice images, the target's unlisted images "
+                            "beside the slice's as unlabeled target rows", False, select_source=True, curriculum=True,
+                            adversarial=True, unlisted_target=True))
 
 # %% ../nbs/13_protocols.ipynb 12
 @patch(as_prop=True)
@@ -82,33 +91,54 @@ def target_train_parts(self: Protocol) -> tuple[str, ...]:
     """The parts of the target (`target_parts` keys) the run trains on, in order."""
     return {"none": (), "target-all": ("finetune", "finetune_val")}.get(self.train_on, ("finetune",))
 
-# %% ../nbs/13_protocols.ipynb 23
+# %% ../nbs/13_protocols.ipynb 24
+@patch(as_prop=True)
+def without_da(self: Protocol) -> bool:
+    """Fine-tunes the source checkpoint with no selection, curriculum or adversary ('w/o DA', plain fine-tuning)."""
+    return self.fine_tunes_source and not (self.select_source or self.curriculum or self.adversarial)
+
+# %% ../nbs/13_protocols.ipynb 27
+@patch
+def uses_unlisted(self: Protocol, cfg: Config) -> bool:
+    """Whether the run's unlabeled target rows include the target's unlisted images (under `cfg`)."""
+    return self.fine_tunes_source and not self.target_captions and (self.unlisted_target or cfg.use_unlisted_target)
+
+# %% ../nbs/13_protocols.ipynb 30
+@patch
+def validation_rows(self: Protocol, parts: Mapping) -> Rows | None:
+    """The target part the run picks its best epoch on: `finetune_val`, or None if it trains on it or trains not at all."""
+    return None if not self.target_train_parts or "finetune_val" in self.target_train_parts else parts["finetune_val"]
+
+# %% ../nbs/13_protocols.ipynb 31
 def protocol_table() -> pd.DataFrame:
     """The registered protocols, one row each."""
     return pd.DataFrame([{"protocol": k, **asdict(v)} for k, v in PROTOCOLS.items()])
 
-# %% ../nbs/13_protocols.ipynb 25
+# %% ../nbs/13_protocols.ipynb 33
 def protocol_config(cfg: Config, name: str) -> Config:
     """`cfg` with the switches of protocol `name`."""
     p = PROTOCOLS.get(name)
     return cfg.replace(select_source=p.select_source, curriculum=p.curriculum, adversarial=p.adversarial,
-                       target_captions=p.target_captions, target_text_loss=p.target_text_loss)
+                       target_captions=p.target_captions, target_text_loss=p.target_text_loss,
+                       w_target_negative=cfg.w_target_negative if p.target_negative else 0.0,
+                       use_unlisted_target=p.uses_unlisted(cfg))
 
-# %% ../nbs/13_protocols.ipynb 30
+# %% ../nbs/13_protocols.ipynb 38
 def target_parts(cfg: Config, target: Rows, seed: int) -> dict:
     """{'finetune', 'finetune_val', 'test'} parts of a target domain's images (`cfg.target_split`)."""
     names = make_splits(target.ids, seed, tuple(cfg.target_split))
     rename = {"train": "finetune", "val": "finetune_val", "test": "test"}
     return {rename[s]: target.by_ids([i for i, v in names.items() if v == s]) for s in ("train", "val", "test")}
 
-# %% ../nbs/13_protocols.ipynb 33
+# %% ../nbs/13_protocols.ipynb 41
 @patch
-def target_rows(self: Protocol, parts: Mapping) -> Rows | None:
-    """The target rows the run trains on: its `target_train_parts` of `parts`, joined in order (None if it trains on none)."""
-    rows = [parts[k] for k in self.target_train_parts]
+def target_rows(self: Protocol, parts: Mapping, unlisted: Rows | None = None) -> Rows | None:
+    """The target rows the run trains on: its `target_train_parts` of `parts` joined in order, then `unlisted` if given
+    (None if it trains on none)."""
+    rows = [parts[k] for k in self.target_train_parts] + ([unlisted] if unlisted is not None else [])
     return reduce(lambda a, b: a.concat(b), rows) if rows else None
 
-# %% ../nbs/13_protocols.ipynb 36
+# %% ../nbs/13_protocols.ipynb 44
 def domain_probe(cfg: Config, model: RetrievalModel, source: Rows, target: Rows, segments: Mapping | None = None,
                  seed: int = 0) -> float:
     """Balanced accuracy of a fresh linear probe telling source from target image embeddings."""
@@ -117,14 +147,14 @@ def domain_probe(cfg: Config, model: RetrievalModel, source: Rows, target: Rows,
     tgt, _, _ = gallery_embeddings(c, model, target, segments)
     return domain_probe_accuracy(src, tgt, seed=seed)
 
-# %% ../nbs/13_protocols.ipynb 38
+# %% ../nbs/13_protocols.ipynb 46
 def run_state(cfg: Config, model: RetrievalModel) -> dict:
     """A copy of what training under `cfg` can change: the heads and temperature on cached features, else everything."""
     keep = (lambda k: k.startswith(HEAD_PREFIXES) or k == "clip.logit_scale") \
         if uses_features(cfg) else (lambda k: True)
     return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
 
-# %% ../nbs/13_protocols.ipynb 40
+# %% ../nbs/13_protocols.ipynb 48
 def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     """Load a (possibly partial, `run_state`) state dict; a partial one may only leave trunk tensors out."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -132,23 +162,28 @@ def load_run_state(model: RetrievalModel, state: Mapping) -> None:
     if bad:
         raise ValueError(f"state does not fit the model: {bad[:3]}")
 
-# %% ../nbs/13_protocols.ipynb 42
+# %% ../nbs/13_protocols.ipynb 50
 def run_protocol(cfg: Config, name: str, model: RetrievalModel, source_state: Mapping, pretrained_state: Mapping,
-                 source: Rows, parts: Mapping, segments: Mapping | None = None,
-                 probe: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+                 source: Rows, parts: Mapping, segments: Mapping | None = None, probe: bool = True,
+                 unlisted: Rows | None = None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Train `model` under protocol `name`; (metrics on the target test part, history, per-image test hits).
 
-    With `probe` (default) the metrics include the domain probe of `source` against the test part; a
-    target-only run, which has no source, can leave it out (`probe=False`) for the caller to add per pair."""
+    With `probe` (default) the metrics include the domain probe of `source` against the test part before and after
+    the run; a target-only run, which has no source, can leave it out (`probe=False`) for the caller to add per pair."""
     p, c = PROTOCOLS.get(name), protocol_config(cfg, name)
+    if p.uses_unlisted(cfg) and not (unlisted is not None and len(unlisted)):
+        raise ValueError(f"protocol {name!r} adapts on the target's unlisted images, but none were given (the data "
+                         f"has no unlisted images of this target); leave the protocol out or add the images")
     load_run_state(model, pretrained_state if p.starts_from_pretrained else source_state)
-    hist, target = pd.DataFrame(), p.target_rows(parts)
+    metrics = {"domain_probe_before": domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)} if probe else {}
+    hist, target = pd.DataFrame(), p.target_rows(parts, unlisted if p.uses_unlisted(cfg) else None)
     if p.fine_tunes_source:
         tgt = make_items(c, model, target, segments, with_text=p.target_captions, seed_offset=1)
-        hist = train(c, model, make_items(c, model, source, segments), tgt, fine_tune=True)
+        hist = train(c, model, make_items(c, model, source, segments), tgt, fine_tune=True, val=p.validation_rows(parts))
     elif p.starts_from_pretrained:
-        hist = train(c, model, make_items(c, model, target, segments))
-    metrics, hits = evaluate_queries(c, model, parts["test"], segments)
+        hist = train(c, model, make_items(c, model, target, segments), val=p.validation_rows(parts))
+    test_metrics, hits = evaluate_queries(c, model, parts["test"], segments)
+    metrics.update(test_metrics)
     if probe:
         metrics["domain_probe"] = domain_probe(c, model, source, parts["test"], segments, seed=cfg.seed)
     return metrics, hist, hits
