@@ -25,11 +25,17 @@ if platform.machine().lower() in ("x86_64", "amd64"):     # the variables name x
         os.environ.setdefault(_name, _value)
 
 # %% ../nbs/18_api.ipynb 11
+_OPENMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+for _name, _value in _OPENMP_WAIT.items():
+    os.environ.setdefault(_name, _value)
+
+# %% ../nbs/18_api.ipynb 15
 _LAZY = {"get_config": "urbancross.core", "Config": "urbancross.core", "build_model": "urbancross.towers",
          "train_retriever": "urbancross.search", "Retriever": "urbancross.search"}
 _all_ = ["get_config", "Config", "build_model", "train_retriever", "Retriever"]
 
-# %% ../nbs/18_api.ipynb 14
+# %% ../nbs/18_api.ipynb 18
 def _front_getattr(name: str):
     """A front name or a submodule, imported on first use and then a plain attribute of the package."""
     if name in _LAZY:
@@ -41,16 +47,16 @@ def _front_getattr(name: str):
     raise AttributeError(f"module 'urbancross' has no attribute {name!r}; the front names are "
                          f"{sorted([*_LAZY, 'load_dataset'])} (submodules: `import urbancross.<name>`)")
 
-# %% ../nbs/18_api.ipynb 17
+# %% ../nbs/18_api.ipynb 21
 def _front_dir() -> list[str]:
     """The package's names with the front names not loaded yet."""
     return sorted(set(vars(sys.modules["urbancross"])) | set(_LAZY))
 
-# %% ../nbs/18_api.ipynb 20
+# %% ../nbs/18_api.ipynb 24
 if __name__ == "urbancross":          # the package itself, not this notebook
     __getattr__, __dir__ = _front_getattr, _front_dir
 
-# %% ../nbs/18_api.ipynb 23
+# %% ../nbs/18_api.ipynb 27
 def load_dataset(cfg="smoke", **overrides):
     """The manifest of a profile's data: `cfg` is a `Config` or a profile name, `overrides` are `Config` fields."""
     from urbancross.core import get_config                 # torch and pandas: loaded on first use, not by `import urbancross`
