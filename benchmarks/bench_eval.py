@@ -19,6 +19,7 @@ repository root:
 
     .venv/bin/python benchmarks/bench_eval.py                     # 10k images x 50k captions, d 512
     .venv/bin/python benchmarks/bench_eval.py --images 2000       # smaller
+    .venv/bin/python benchmarks/bench_eval.py --quick             # 500 images: seconds
 """
 from __future__ import annotations
 
@@ -123,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--noise", type=float, default=7.0, help="caption noise norm relative to the unit image embedding")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny size (500 images x 2,500 captions, 2 repeats): seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.block, args.repeats = 500, 256, 2
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -6,6 +6,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_memory.py --sizes 100 1000 3000 # smaller sweep
     .venv/bin/python benchmarks/bench_memory.py --sizes 100 1000 --variants store dict
     .venv/bin/python benchmarks/bench_memory.py --sizes 100 1000 --variants store dict --num-seg-stored 10 --segment-size 224
+    .venv/bin/python benchmarks/bench_memory.py --quick               # 20 and 40 images: under a minute
 
 For each size, a fresh subprocess (so peaks never mix) writes that many 128 px PNG tiles (random
 coloured blobs, made with numpy) and their manifest (`urbancross.data.make_manifest`) into a temporary
@@ -203,6 +204,7 @@ def summary_rows(results: list[dict]) -> list[dict]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (20 and 40 images), no tracemalloc: under a minute")
     ap.add_argument("--variants", nargs="+", default=["store"], choices=["store", "dict"],
                     help="store: SegmentStore (reads on access); dict: the old dict of every crop")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each child (the machine is shared)")
@@ -212,6 +214,8 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folders")
     ap.add_argument("--case", help=argparse.SUPPRESS)           # internal: 'n,variant' run in this process
     args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.no_tracemalloc = [20, 40], True
     config = {**CONFIG, "num_seg_stored": args.num_seg_stored, "segment_size": args.segment_size}
     if args.case:
         n, variant = args.case.split(",")

@@ -53,7 +53,10 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--num-seg", type=int, default=5)
     ap.add_argument("--batches", type=int, nargs="*", default=[40, 80, 100])
+    ap.add_argument("--quick", action="store_true", help="a tiny ViT (UC-TinyViT, 32 px) instead of ViT-L-14: seconds")
     a = ap.parse_args()
+    if a.quick:
+        a.model, a.image_size = "UC-TinyViT", 32
     torch.set_num_threads(2)
     rows = []
     for gc in (False, True):
