@@ -174,11 +174,16 @@ def weights_of(self: CurriculumSampler, indices: torch.Tensor | Sequence[int]) -
     return self.weights[torch.as_tensor(indices, dtype=torch.long)]
 
 # %% ../nbs/08_curriculum.ipynb 54
-def source_ratio(cfg, epoch: int) -> float:
-    """Share of each source batch admitted in `epoch`: curriculum, fixed `curriculum_start`, or 1."""
-    if cfg.curriculum:
-        return round(min(1.0, cfg.curriculum_start + cfg.curriculum_step * epoch), 10)
-    return cfg.curriculum_start if cfg.select_source else 1.0
+def source_ratio(cfg, epoch: int, pass_index: int = 0) -> float:
+    """Share of each source batch admitted in `epoch` (and pass `pass_index` of it under `da_schedule='within'`):
+    the curriculum's share, the fixed `curriculum_start`, or 1."""
+    if not cfg.curriculum:
+        return cfg.curriculum_start if cfg.select_source else 1.0
+    if cfg.da_schedule == "within":                  # from curriculum_start to 1 across the epoch's passes
+        return round(cfg.curriculum_start + (1 - cfg.curriculum_start) * pass_index / max(1, cfg.da_passes - 1), 10)
+    if cfg.da_schedule != "epoch":
+        raise ValueError(f"da_schedule={cfg.da_schedule!r}; choose 'epoch' or 'within'")
+    return round(min(1.0, cfg.curriculum_start + cfg.curriculum_step * epoch), 10)
 
 # %% ../nbs/08_curriculum.ipynb 58
 def batch_target_likeness(source_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:

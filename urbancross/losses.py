@@ -45,7 +45,7 @@ def triplet_loss(img: torch.Tensor, txt: torch.Tensor, margin: float = 0.2,
     cost_img = (margin + scores - pos[None, :]).clamp(min=0)     # caption anchor, wrong images
     return (cost_txt * neg_mask).sum() + (cost_img * neg_mask).sum()
 
-# %% ../nbs/07_losses.ipynb 14
+# %% ../nbs/07_losses.ipynb 16
 def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
               same_text: torch.Tensor | None = None) -> torch.Tensor:
     """The loss named by `cfg.loss` between two aligned batches of normalised embeddings."""
@@ -55,18 +55,18 @@ def pair_loss(cfg: Config, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.
         return triplet_loss(a, b, cfg.margin, same_text)
     raise ValueError(f"loss={cfg.loss!r}; choose 'infonce' or 'triplet'")
 
-# %% ../nbs/07_losses.ipynb 17
+# %% ../nbs/07_losses.ipynb 19
 def alignment_loss(cfg: Config, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
                    texts: Sequence[str]) -> torch.Tensor:
     """The loss named by `cfg.loss` on one batch of images and their captions `texts`."""
     return pair_loss(cfg, img, txt, logit_scale, same_text_mask(texts))
 
-# %% ../nbs/07_losses.ipynb 21
+# %% ../nbs/07_losses.ipynb 23
 def hard_negative_margin(epoch: int, start: float = 0.5, step: float = 0.2, cap: float = 1.5) -> float:
     """Upstream margin of the hard-target-negative triplet in `epoch` (0-based)."""
     return min(start + step * epoch, cap)
 
-# %% ../nbs/07_losses.ipynb 24
+# %% ../nbs/07_losses.ipynb 26
 def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, target_img: torch.Tensor, margin: float) -> torch.Tensor:
     """Triplet (anchor source image, positive its caption, negative the most similar target image)."""
     if len(target_img) == 0:
@@ -74,7 +74,7 @@ def hard_negative_loss(img: torch.Tensor, txt: torch.Tensor, target_img: torch.T
     hardest = target_img[(img @ target_img.t()).argmax(1)]
     return F.triplet_margin_loss(img, txt, hardest, margin=margin)
 
-# %% ../nbs/07_losses.ipynb 28
+# %% ../nbs/07_losses.ipynb 30
 def urbancross_loss(cfg: Config, emb: dict, texts: Sequence[str], logit_scale: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Weighted image–text (+ segment–text, image–segment when `cfg.use_sam`) loss and its parts."""
     mask = same_text_mask(texts)
@@ -85,6 +85,7 @@ def urbancross_loss(cfg: Config, emb: dict, texts: Sequence[str], logit_scale: t
         has = emb["has_segment"].to(img.device)
         if int(has.sum()) >= 2:
             parts["st"] = pair_loss(cfg, seg[has], txt[has], logit_scale, mask[has.cpu()][:, has.cpu()])
-            parts["is"] = pair_loss(cfg, img[has], seg[has], logit_scale)
+            if cfg.w_image_segment:                   # the authors' objective has no image-segment term
+                parts["is"] = pair_loss(cfg, img[has], seg[has], logit_scale)
     w = {"it": cfg.w_image_text, "st": cfg.w_segment_text, "is": cfg.w_image_segment}
     return sum(w[k] * v for k, v in parts.items()), parts
