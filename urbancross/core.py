@@ -18,10 +18,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from .recipes import RECIPE_FIELDS, RECIPES
+
 # %% auto 0
-__all__ = ['PLAN_FIELDS', 'PROFILES', 'PER_PROFILE', 'get_logger', 'project_root', 'local_places', 'atomic_write',
-           'atomic_torch_save', 'safe_torch_load', 'seed_everything', 'get_device', 'set_tf32', 'Config', 'get_config',
-           'pick_seeds', 'Registry', 'paths', 'git_sha', 'save_fig']
+__all__ = ['PLAN_FIELDS', 'BY_DATA', 'PROFILES', 'SCALE_SETTINGS', 'PER_PROFILE', 'get_logger', 'project_root', 'local_places',
+           'atomic_write', 'atomic_torch_save', 'safe_torch_load', 'seed_everything', 'get_device', 'set_tf32',
+           'Config', 'get_config', 'pick_seeds', 'Registry', 'paths', 'git_sha', 'save_fig']
 
 # %% ../nbs/00_core.ipynb 5
 def get_logger(name: str = "urbancross") -> logging.Logger:
@@ -246,6 +248,9 @@ class _PlanFields(_AdaptationFields):
 PLAN_FIELDS = tuple(_PlanFields.__annotations__)   # the fields _PlanFields adds, in order
 
 # %% ../nbs/00_core.ipynb 54
+BY_DATA = ("epochs", "num_seg")   # fields with a per-dataset table `<field>_by_data` (Config.for_data)
+
+# %% ../nbs/00_core.ipynb 55
 @dataclass
 class Config(_PlanFields):
     """Everything one run needs; build it with `get_config`."""
@@ -258,42 +263,55 @@ class Config(_PlanFields):
         """Plain-dict view, for logs and result sidecars."""
         return dataclasses.asdict(self)
 
-# %% ../nbs/00_core.ipynb 56
+    def for_data(self, name: str) -> "Config":
+        """This config with dataset `name`'s own `epochs` and `num_seg` (`epochs_by_data`, `num_seg_by_data`)."""
+        own = {f: dict(getattr(self, f"{f}_by_data")).get(name.lower()) for f in BY_DATA}
+        return self.replace(**{f: v for f, v in own.items() if v is not None})
+
+# %% ../nbs/00_core.ipynb 57
 PROFILES: dict[str, dict] = {
     # smoke: the frozen-trunk speed path (cached features, heads + adapters train), CPU-sized schedule;
     # 1000 tiles per domain split 40/10/50, so every domain has 500 test images (2500 captions) to decide with
-    "smoke": dict(trainable="heads", images_per_domain=1000, embedded_split=(0.4, 0.1, 0.5), epochs=6, lr=1e-3,
-                  da_lr=1e-3, source_batch=80, target_batch=16, num_seg=3, views=2, segment_workers=2,
+    "smoke": dict(trainable="heads", images_per_domain=1000, embedded_split=(0.4, 0.1, 0.5), views=2, segment_workers=2,
+                  # scale settings (SCALE_SETTINGS): the stand-in heads start random, so they need a far larger
+                  # rate than the recipe's 1e-5 / 1e-7 for pretrained towers, and a few epochs of 3 segments on CPU
+                  epochs=6, lr=1e-3, da_lr=1e-3, num_seg=3,
                   # the grid: the protocols the claims and the baselines need (the unsupervised "w/o DA" is the same
-                  # run as the paper's), two seeds, one workflow job per seed (a kernel start costs more than a cell)
+                  # run as the paper's), three seeds, one workflow job per seed (a kernel start costs more than a cell)
                   grid_protocols=("zero-shot transfer", "target-only (20 %)", "target 30 % (upper bound)", "paper: w/o DA",
-                                  "paper: curriculum only", "paper: w/o curriculum", "paper: UrbanCross",
-                                  "unsupervised: UrbanCross"),
-                  grid_seeds=(0, 1), grid_chunk="seed",
+                                  "paper: plain fine-tuning", "paper: curriculum only", "paper: w/o curriculum",
+                                  "paper: UrbanCross", "unsupervised: UrbanCross"),
+                  grid_seeds=(0, 1, 2), grid_chunk="seed",
                   pixel_rows="first"),  # within-domain pixel rows, the expensive ones on CPU: first domain and seed only
-    # authors' scripts: ViT-L-14 laion2B-s32B-b82K at paper time (ViT-B-16 at release), train lr 1e-5,
-    # batch 40, 15-20 epochs; fine-tuning from the source checkpoint at lr 1e-7 for 5 epochs, 80 + 16
+    # paper: the real data and towers on a GPU; the method (lr 1e-5, batch 40, 15-20 epochs, fine-tuning at 1e-7
+    # for 5 epochs with 80 + 16 pairs, ...) is the recipe's (00a_recipes)
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",
-                  image_size=224, context_length=77, epochs=20, batch_size=40, lr=1e-5, lr_backbone=1e-5,
-                  weight_decay=0.2, amp="bf16", grad_checkpointing=True, trainable="all", num_workers=8, threads=8, segmenter="sam", sam_model_type="vit_h",
-                  sam_checkpoint="data/checkpoints/sam_vit_h_4b8939.pth", segment_size=224,
-                  lmm_model="Salesforce/instructblip-vicuna-7b", da_epochs=5, da_lr=1e-7,
-                  source_batch=80, target_batch=16),
+                  image_size=224, context_length=77, amp="bf16", grad_checkpointing=True, num_workers=8, threads=8,
+                  segmenter="sam", sam_model_type="vit_h", sam_checkpoint="data/checkpoints/sam_vit_h_4b8939.pth",
+                  segment_size=224, lmm_model="Salesforce/instructblip-vicuna-7b"),
 }
 
 # %% ../nbs/00_core.ipynb 59
-def get_config(profile: str = "smoke", **overrides: Any) -> Config:
-    """The `Config` of a named profile, with `overrides` applied."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    return Config(profile=profile, **{**PROFILES[profile], **overrides})
+SCALE_SETTINGS: dict[str, tuple] = {"smoke": ("trainable", "epochs", "lr", "da_lr", "num_seg"), "paper": ()}
 
 # %% ../nbs/00_core.ipynb 62
+def get_config(profile: str = "smoke", **overrides: Any) -> Config:
+    """The `Config` of a named profile: defaults <- RECIPES[recipe] <- PROFILES[profile] <- `overrides`."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    later = {**PROFILES[profile], **overrides}
+    recipe = later.get("recipe", "authors")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    dropped = {f"{f}_by_data": () for f in BY_DATA if f in later and f"{f}_by_data" not in later}
+    return Config(profile=profile, **{**RECIPES[recipe], **dropped, **later, "recipe": recipe})
+
+# %% ../nbs/00_core.ipynb 67
 def pick_seeds(seeds: Sequence[int], profile_seeds: Sequence[int]) -> list[int]:
     """`seeds` (a notebook's `seeds` parameter, `--param seeds=[0]`) when given, else the profile's `profile_seeds`."""
     return [int(s) for s in seeds] or [int(s) for s in profile_seeds]
 
-# %% ../nbs/00_core.ipynb 65
+# %% ../nbs/00_core.ipynb 70
 class Registry(dict):
     """Named entries of one kind; `@REG.register("name")` or `REG.register("name", obj)` adds one."""
     def __init__(self, kind: str):
@@ -315,7 +333,7 @@ class Registry(dict):
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {sorted(self)}")
         return self[name]
 
-# %% ../nbs/00_core.ipynb 68
+# %% ../nbs/00_core.ipynb 73
 PER_PROFILE = ("results", "figures", "outputs")
 
 def paths(root: str | Path | None = None, profile: str | None = None) -> dict[str, Path]:
@@ -327,7 +345,7 @@ def paths(root: str | Path | None = None, profile: str | None = None) -> dict[st
     out["root"] = root
     return out
 
-# %% ../nbs/00_core.ipynb 70
+# %% ../nbs/00_core.ipynb 75
 def git_sha(root: str | Path | None = None) -> str:
     """The current commit of the compendium, or 'unknown' outside git."""
     try:
@@ -336,7 +354,7 @@ def git_sha(root: str | Path | None = None) -> str:
     except Exception:
         return "unknown"
 
-# %% ../nbs/00_core.ipynb 72
+# %% ../nbs/00_core.ipynb 77
 def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None) -> Path:
     """Save `fig` as `figures/<params['profile']>/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
     if figures_dir is None and not (params or {}).get("profile"):
