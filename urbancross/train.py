@@ -8,6 +8,7 @@ import functools
 import math
 import sys
 import time
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .adversarial import DomainDiscriminator, grl_lambda, sample_weights, weighted_adversarial_loss
+from .adversarial import DomainDiscriminator, domain_loss, grl_lambda, sample_weights, weighted_adversarial_loss
 from .core import Config, get_logger, seed_everything
 from .curriculum import admit_in_batch, batch_target_likeness, score_weights, source_ratio
 from .data import caption_table, load_image
@@ -34,8 +35,9 @@ from .stats import hits_metrics, query_hits
 from .towers import RetrievalModel, embed_texts, param_groups, set_trainable
 
 # %% auto 0
-__all__ = ['log', 'warmup_cosine', 'ImageItems', 'FeatureItems', 'collate', 'uses_features', 'epoch_plan', 'step_losses',
-           'train_step', 'gallery_embeddings', 'evaluate', 'evaluate_queries', 'make_items', 'torch_threads', 'train']
+__all__ = ['log', 'OPTIMIZERS', 'warmup_cosine', 'step_decay', 'lr_multiplier', 'ImageItems', 'FeatureItems', 'collate',
+           'uses_features', 'epoch_plan', 'step_losses', 'train_step', 'gallery_embeddings', 'evaluate',
+           'evaluate_queries', 'make_items', 'torch_threads', 'recall_sum', 'train']
 
 # %% ../nbs/12_train.ipynb 5
 log = get_logger("urbancross.train")
@@ -48,12 +50,32 @@ def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
         return (step + 1) / warm
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-# %% ../nbs/12_train.ipynb 10
+# %% ../nbs/12_train.ipynb 9
+def step_decay(epoch: int, every: int, gamma: float) -> float:
+    """Upstream `adjust_learning_rate`'s multiplier in `epoch` (0-based): `gamma` once more every `every` epochs."""
+    if every < 1:
+        raise ValueError(f"lr_step_epochs={every}; the rate decays every lr_step_epochs >= 1 epochs")
+    return gamma ** ((epoch + 1) // every)
+
+# %% ../nbs/12_train.ipynb 12
+def lr_multiplier(cfg: Config, fine_tune: bool, epoch_steps: Sequence[int]) -> Callable[[int], float]:
+    """The multiplier of every global step's learning rate in a run whose epochs have `epoch_steps` steps."""
+    name, total = (cfg.da_lr_schedule if fine_tune else cfg.lr_schedule), sum(epoch_steps)
+    if name == "cosine":
+        return lambda s: warmup_cosine(s, total, cfg.warmup_frac)
+    if name == "constant":
+        return lambda s: 1.0
+    if name == "step":
+        starts = np.cumsum([0, *epoch_steps]).tolist()        # first global step of every epoch
+        return lambda s: step_decay(bisect_right(starts, s) - 1, cfg.lr_step_epochs, cfg.lr_step_gamma)
+    raise ValueError(f"{'da_lr_schedule' if fine_tune else 'lr_schedule'}={name!r}; choose 'cosine', 'step' or 'constant'")
+
+# %% ../nbs/12_train.ipynb 15
 def _item_rng(seed: int, epoch: int, i: int) -> np.random.Generator:
     """The generator of row `i` in `epoch`: every draw of an item (caption, augmentation, rotation) comes from it."""
     return np.random.default_rng([seed, epoch, i])
 
-# %% ../nbs/12_train.ipynb 13
+# %% ../nbs/12_train.ipynb 18
 class ImageItems(torch.utils.data.Dataset):
     """Manifest rows as training items keyed `(epoch, row)`: image tensor, caption, segment crops."""
     kind = "images"                                             # what the items hold, for the start log line
@@ -90,7 +112,7 @@ class ImageItems(torch.utils.data.Dataset):
             out["segment_valid"] = torch.as_tensor(np.asarray(valid[:k], bool))
         return out
 
-# %% ../nbs/12_train.ipynb 17
+# %% ../nbs/12_train.ipynb 22
 class FeatureItems(torch.utils.data.Dataset):
     """Images of a `FeatureBank` as items keyed `(epoch, row)`: a cached rotation, a caption's features, segments."""
     kind = "features (frozen trunks)"                           # what the items hold, for the start log line
@@ -125,37 +147,38 @@ class FeatureItems(torch.utils.data.Dataset):
             out["segment_valid"] = self.bank.segment_valid[i, :self.num_seg]
         return out
 
-# %% ../nbs/12_train.ipynb 21
+# %% ../nbs/12_train.ipynb 26
 def collate(items: Sequence[dict]) -> dict:
     """Stack a list of item dicts into a batch dict (captions stay a list)."""
     return {k: ([it[k] for it in items] if k == "texts" else torch.stack([it[k] for it in items])) for k in items[0]}
 
-# %% ../nbs/12_train.ipynb 24
+# %% ../nbs/12_train.ipynb 29
 def uses_features(cfg: Config) -> bool:
     """Whether `cfg` trains on cached trunk features (the frozen-trunk speed path)."""
     return cfg.trainable == "heads" and cfg.cache_features
 
-# %% ../nbs/12_train.ipynb 27
+# %% ../nbs/12_train.ipynb 32
 def _chunks(order: list[int], size: int, min_size: int) -> list[list[int]]:
     """`order` cut into batches of `size`; a batch smaller than `min_size` (the last) is dropped."""
     out = [order[i:i + size] for i in range(0, len(order), size)]
     return [b for b in out if len(b) >= min_size]
 
-# %% ../nbs/12_train.ipynb 29
+# %% ../nbs/12_train.ipynb 34
 def epoch_plan(n_source: int, n_target: int, epoch: int, seed: int, batch_size: int, target_batch: int = 0,
-               min_size: int = 2) -> list[tuple[list[int], list[int]]]:
-    """(source rows, target rows) of every step of `epoch`; no target rows when `target_batch` is 0."""
+               min_size: int = 2, passes: int = 1) -> list[tuple[list[int], list[int]]]:
+    """(source rows, target rows) of every step of `epoch`; no target rows when `target_batch` is 0. With `passes`,
+    the epoch goes over the target rows that many times in the same batches (upstream's `itertools.cycle`)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     if not target_batch or not n_target:
         return [(b, []) for b in _chunks(torch.randperm(n_source, generator=g).tolist(), batch_size, min_size)]
-    tgt = _chunks(torch.randperm(n_target, generator=g).tolist(), target_batch, min_size)
+    tgt = _chunks(torch.randperm(n_target, generator=g).tolist(), target_batch, min_size) * passes
     need = len(tgt) * batch_size
     src = []
     while len(src) < need:
         src += torch.randperm(n_source, generator=g).tolist()
     return [(src[i * batch_size:(i + 1) * batch_size], t) for i, t in enumerate(tgt)]
 
-# %% ../nbs/12_train.ipynb 33
+# %% ../nbs/12_train.ipynb 39
 def _autocast(cfg: Config, device: torch.device):
     """The autocast context of `cfg.amp` on CUDA (bf16 or fp16); none on a CPU or with `amp="off"`."""
     if cfg.amp not in ("off", "bf16", "fp16"):
@@ -164,7 +187,7 @@ def _autocast(cfg: Config, device: torch.device):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
-# %% ../nbs/12_train.ipynb 36
+# %% ../nbs/12_train.ipynb 42
 def _gather(emb: dict, sizes: Sequence[int]) -> dict:
     """Every process's rows of each embedding in `emb`, as float32 (`has_segment` back to a mask)."""
     out = {k: gather_rows(v.float(), sizes) for k, v in emb.items()}
@@ -172,8 +195,9 @@ def _gather(emb: dict, sizes: Sequence[int]) -> dict:
         out["has_segment"] = out["has_segment"] > 0.5
     return out
 
-# %% ../nbs/12_train.ipynb 39
-def _admitted(cfg: Config, src: dict, tgt: dict | None, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+# %% ../nbs/12_train.ipynb 45
+def _admitted(cfg: Config, src: dict, tgt: dict | None, epoch: int,
+              pass_index: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Positions of the source rows admitted to the step, and every source row's target-likeness (None: no target)."""
     keep = torch.arange(len(src["image"]), device=src["image"].device)
     if tgt is None:
@@ -181,9 +205,9 @@ def _admitted(cfg: Config, src: dict, tgt: dict | None, epoch: int) -> tuple[tor
     by_text = "text" in tgt and "text" in src
     ref_s, ref_t = (src["text"], tgt["text"]) if by_text else (src["image"], tgt["image"])
     scores = batch_target_likeness(ref_s.detach(), ref_t.detach())
-    return admit_in_batch(scores, source_ratio(cfg, epoch)), scores
+    return admit_in_batch(scores, source_ratio(cfg, epoch, pass_index)), scores
 
-# %% ../nbs/12_train.ipynb 43
+# %% ../nbs/12_train.ipynb 49
 def _adversary_weights(cfg: Config, disc: nn.Module, images: torch.Tensor, scores: torch.Tensor) -> torch.Tensor | None:
     """Weights of admitted source `images` (target-likeness `scores`) in the adversarial loss; None: equal weights."""
     if cfg.adv_weighting == "similarity":
@@ -196,52 +220,79 @@ def _adversary_weights(cfg: Config, disc: nn.Module, images: torch.Tensor, score
         raise ValueError(f"adv_weighting={cfg.adv_weighting!r}; choose 'similarity', 'entropy' or 'none'")
     return None
 
-# %% ../nbs/12_train.ipynb 46
+# %% ../nbs/12_train.ipynb 52
 def _adversarial_term(cfg: Config, disc: nn.Module, src_images: torch.Tensor, tgt_images: torch.Tensor,
                       scores: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted adversarial loss of admitted source images (target-likeness `scores`) against the target's, and the
-    discriminator's balanced accuracy."""
+    discriminator's balanced accuracy; through gradient reversal, or minimised jointly (`cfg.adv_mode`)."""
     w = _adversary_weights(cfg, disc, src_images, scores)
-    adv = weighted_adversarial_loss(disc, src_images, tgt_images, grl_lambda(progress, cfg.adv_gamma), src_weights=w)
+    if cfg.adv_mode == "reversal":
+        adv = weighted_adversarial_loss(disc, src_images, tgt_images, grl_lambda(progress, cfg.adv_gamma), src_weights=w)
+    elif cfg.adv_mode == "joint":                      # upstream code: one loss that encoder and discriminator both minimise
+        adv = domain_loss(disc, src_images, tgt_images, src_weights=w)
+    else:
+        raise ValueError(f"adv_mode={cfg.adv_mode!r}; choose 'reversal' or 'joint'")
     with torch.no_grad():
         acc = ((disc(src_images) < 0).float().mean() + (disc(tgt_images) > 0).float().mean()) / 2
     return adv, acc
 
-# %% ../nbs/12_train.ipynb 49
+# %% ../nbs/12_train.ipynb 57
+def _stage(cfg: Config, epoch: int, pass_index: int) -> int:
+    """The curriculum's stage, which sets the hard-negative margin: the pass within the epoch under
+    `da_schedule='within'` (upstream `num_cycle_of_target`), else the epoch."""
+    return pass_index if cfg.da_schedule == "within" else epoch
+
+# %% ../nbs/12_train.ipynb 60
+def _target_terms(cfg: Config, disc: nn.Module | None, sub: dict, tgt: dict, tgt_texts: Sequence[str] | None,
+                  scores: torch.Tensor, logit_scale: torch.Tensor, stage: int, progress: float) -> tuple[list, dict]:
+    """The weighted target-aware loss terms of admitted source rows `sub` against the target batch, and their logs."""
+    terms, logs = [], {}
+    if cfg.target_text_loss and "text" in tgt:
+        t_loss, _ = urbancross_loss(cfg.replace(use_sam=False), tgt, list(tgt_texts), logit_scale)
+        terms.append(t_loss); logs["loss_target_it"] = float(t_loss.detach())
+    if cfg.w_target_negative > 0:
+        hn = hard_negative_loss(sub["image"], sub["text"], tgt["image"].detach(), hard_negative_margin(stage))
+        terms.append(cfg.w_target_negative * hn); logs["loss_hard_negative"] = float(hn.detach())
+    if disc is not None:
+        adv, acc = _adversarial_term(cfg, disc, sub["image"], tgt["image"], scores, progress)
+        terms.append(cfg.adv_weight * adv)
+        logs.update(loss_adversarial=float(adv.detach()), disc_acc=float(acc))
+    return terms, logs
+
+# %% ../nbs/12_train.ipynb 63
 def step_losses(cfg: Config, model: RetrievalModel, disc: nn.Module | None, src: dict, tgt: dict | None,
                 src_texts: Sequence[str], tgt_texts: Sequence[str] | None, epoch: int, progress: float,
-                logit_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                logit_scale: torch.Tensor | None = None, pass_index: int = 0) -> tuple[torch.Tensor, dict]:
     """Total loss of one step from gathered source (and target) embeddings, and its logged parts."""
     logit_scale = model.logit_scale if logit_scale is None else logit_scale
-    keep, scores = _admitted(cfg, src, tgt, epoch)
+    keep, scores = _admitted(cfg, src, tgt, epoch, pass_index)
     sub = {k: v[keep] for k, v in src.items()}
-    kept_texts = [src_texts[i] for i in keep.tolist()]
-    total, parts = urbancross_loss(cfg, sub, kept_texts, logit_scale)
-    logs = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+    terms, logs = [], {}
+    if tgt is None or cfg.da_alignment:
+        loss, parts = urbancross_loss(cfg, sub, [src_texts[i] for i in keep.tolist()], logit_scale)
+        terms.append(loss); logs.update({f"loss_{k}": float(v.detach()) for k, v in parts.items()})
     logs["admitted"] = float(len(keep) / len(src["image"]))
-    if tgt is not None and cfg.target_text_loss and "text" in tgt:
-        t_loss, _ = urbancross_loss(cfg.replace(use_sam=False), tgt, list(tgt_texts), logit_scale)
-        total = total + t_loss; logs["loss_target_it"] = float(t_loss.detach())
-    if tgt is not None and cfg.w_target_negative > 0:
-        hn = hard_negative_loss(sub["image"], sub["text"], tgt["image"].detach(), hard_negative_margin(epoch))
-        total = total + cfg.w_target_negative * hn; logs["loss_hard_negative"] = float(hn.detach())
-    if tgt is not None and disc is not None:
-        adv, acc = _adversarial_term(cfg, disc, sub["image"], tgt["image"], scores[keep], progress)
-        total = total + cfg.adv_weight * adv
-        logs.update(loss_adversarial=float(adv.detach()), disc_acc=float(acc))
+    if tgt is not None:
+        more, more_logs = _target_terms(cfg, disc, sub, tgt, tgt_texts, scores[keep], logit_scale,
+                                        _stage(cfg, epoch, pass_index), progress)
+        terms += more; logs.update(more_logs)
+    if not terms:
+        raise ValueError("no loss term in this step: da_alignment=False leaves only the target-aware terms; "
+                         "set w_target_negative > 0, adversarial=True or target_text_loss=True")
+    total = sum(terms[1:], terms[0])
     logs["loss"] = float(total.detach())
     return total, logs
 
-# %% ../nbs/12_train.ipynb 52
+# %% ../nbs/12_train.ipynb 66
 def _shard(keys: Sequence, rank: int, world: int) -> list:
     """The contiguous part of `keys` that process `rank` of `world` takes."""
     sizes = shard_sizes(len(keys), world)
     return list(keys[sum(sizes[:rank]):sum(sizes[:rank + 1])])
 
-# %% ../nbs/12_train.ipynb 55
+# %% ../nbs/12_train.ipynb 69
 def train_step(cfg: Config, net: nn.Module, model: RetrievalModel, disc: nn.Module | None, opt, sched, scaler,
                src_batch: dict, tgt_batch: dict | None, src_texts: Sequence[str], tgt_texts, src_sizes, tgt_sizes,
-               epoch: int, progress: float) -> dict:
+               epoch: int, progress: float, pass_index: int = 0) -> dict:
     """One optimizer step on a global batch whose rows this process holds a shard of; returns its logs."""
     device = model.device
     move = lambda b: {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
@@ -252,7 +303,8 @@ def train_step(cfg: Config, net: nn.Module, model: RetrievalModel, disc: nn.Modu
         emb = net(batch)
     src = _gather(emb["source"], src_sizes)
     tgt = _gather(emb["target"], tgt_sizes) if tgt_batch is not None else None
-    loss, logs = step_losses(cfg, model, disc, src, tgt, src_texts, tgt_texts, epoch, progress, emb["logit_scale"])
+    loss, logs = step_losses(cfg, model, disc, src, tgt, src_texts, tgt_texts, epoch, progress, emb["logit_scale"],
+                             pass_index)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
@@ -264,14 +316,14 @@ def train_step(cfg: Config, net: nn.Module, model: RetrievalModel, disc: nn.Modu
         model.logit_scale.clamp_(0, math.log(100))
     return logs
 
-# %% ../nbs/12_train.ipynb 59
+# %% ../nbs/12_train.ipynb 73
 @functools.singledispatch
 def _gallery(data, cfg: Config, model: RetrievalModel, fuse: bool, segments: Mapping | None = None,
              batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image embeddings, caption embeddings, caption→image index) of `data`, by the kind of rows it is."""
     raise TypeError(f"a gallery is rows of images (a Manifest or a FeatureBank), not a {type(data).__name__}")
 
-# %% ../nbs/12_train.ipynb 62
+# %% ../nbs/12_train.ipynb 76
 @_gallery.register(FeatureBank)
 def _bank_gallery(data: FeatureBank, cfg: Config, model: RetrievalModel, fuse: bool, segments: Mapping | None = None,
                   batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,11 +338,14 @@ def _bank_gallery(data: FeatureBank, cfg: Config, model: RetrievalModel, fuse: b
                      for s in range(0, len(data.texts), 1024)])
     return img, txt, data.text_owner
 
-# %% ../nbs/12_train.ipynb 65
+# %% ../nbs/12_train.ipynb 79
 @_gallery.register(pd.DataFrame)
 def _pixel_gallery(data: pd.DataFrame, cfg: Config, model: RetrievalModel, fuse: bool, segments: Mapping | None = None,
                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A manifest's embeddings from its decoded images (segment crops from `segments` when fused) and captions."""
+    if fuse and segments is None:
+        raise ValueError(f"fuse_segments={cfg.fuse_segments} fuses each image's pooled segments into its embedding: "
+                         "a manifest's gallery needs its segment crops (segments=...)")
     items = ImageItems(data, model.eval_transform, 0, segments if fuse else None, cfg.num_seg, with_text=False)
     img = []
     for s in range(0, len(items), batch_size):
@@ -303,7 +358,7 @@ def _pixel_gallery(data: pd.DataFrame, cfg: Config, model: RetrievalModel, fuse:
     texts, owner = caption_table(data)
     return torch.cat(img), embed_texts(model, texts), owner
 
-# %% ../nbs/12_train.ipynb 68
+# %% ../nbs/12_train.ipynb 82
 @torch.no_grad()
 def gallery_embeddings(cfg: Config, model: RetrievalModel, data: Rows, segments: Mapping | None = None,
                        batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -311,13 +366,13 @@ def gallery_embeddings(cfg: Config, model: RetrievalModel, data: Rows, segments:
     model.eval()
     return _gallery(data, cfg, model, cfg.use_sam and cfg.fuse_segments > 0, segments, batch_size)
 
-# %% ../nbs/12_train.ipynb 70
+# %% ../nbs/12_train.ipynb 84
 def evaluate(cfg: Config, model: RetrievalModel, data: Rows, segments: Mapping | None = None) -> dict:
     """R@1/5/10 both ways and mR of `model` on a manifest or feature bank."""
     img, txt, owner = gallery_embeddings(cfg, model, data, segments)
     return retrieval_metrics(img, txt, owner, block_size=cfg.eval_block_size)
 
-# %% ../nbs/12_train.ipynb 73
+# %% ../nbs/12_train.ipynb 87
 def evaluate_queries(cfg: Config, model: RetrievalModel, data: Rows,
                      segments: Mapping | None = None) -> tuple[dict, pd.DataFrame]:
     """`evaluate`'s metrics and the per-image hits behind them (`stats.query_hits`), for paired bootstrap intervals."""
@@ -325,21 +380,21 @@ def evaluate_queries(cfg: Config, model: RetrievalModel, data: Rows,
     hits = query_hits(*retrieval_ranks(img, txt, owner, block_size=cfg.eval_block_size), owner, data.ids)
     return hits_metrics(hits), hits
 
-# %% ../nbs/12_train.ipynb 76
+# %% ../nbs/12_train.ipynb 90
 @functools.singledispatch
 def _items_of(data, cfg: Config, model: RetrievalModel, seed: int, segments: Mapping | None = None,
               with_text: bool = True) -> torch.utils.data.Dataset:
     """Training items of `data` with item seed `seed`, by the kind of rows it is."""
     raise TypeError(f"training rows are rows of images (a Manifest or a FeatureBank), not a {type(data).__name__}")
 
-# %% ../nbs/12_train.ipynb 78
+# %% ../nbs/12_train.ipynb 92
 @_items_of.register(FeatureBank)
 def _bank_items(data: FeatureBank, cfg: Config, model: RetrievalModel, seed: int, segments: Mapping | None = None,
                 with_text: bool = True) -> FeatureItems:
     """A bank's items: cached features (its segments when `cfg.use_sam`; `segments` unused)."""
     return FeatureItems(data, seed, cfg.num_seg, cfg.use_sam, with_text)
 
-# %% ../nbs/12_train.ipynb 80
+# %% ../nbs/12_train.ipynb 94
 @_items_of.register(pd.DataFrame)
 def _pixel_items(data: pd.DataFrame, cfg: Config, model: RetrievalModel, seed: int, segments: Mapping | None = None,
                  with_text: bool = True) -> ImageItems:
@@ -347,13 +402,13 @@ def _pixel_items(data: pd.DataFrame, cfg: Config, model: RetrievalModel, seed: i
     return ImageItems(data, model.train_transform, seed, segments if cfg.use_sam else None, cfg.num_seg,
                       model.eval_transform, with_text)
 
-# %% ../nbs/12_train.ipynb 82
+# %% ../nbs/12_train.ipynb 96
 def make_items(cfg: Config, model: RetrievalModel, data: Rows, segments: Mapping | None = None,
                with_text: bool = True, seed_offset: int = 0) -> torch.utils.data.Dataset:
     """Training items of `data`: cached features for a `FeatureBank`, transformed pixels for a manifest."""
     return _items_of(data, cfg, model, cfg.seed + seed_offset, segments, with_text)
 
-# %% ../nbs/12_train.ipynb 86
+# %% ../nbs/12_train.ipynb 100
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with `n` torch threads; the count set before comes back afterwards, also on an error."""
@@ -364,31 +419,41 @@ def torch_threads(n: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
 
-# %% ../nbs/12_train.ipynb 89
+# %% ../nbs/12_train.ipynb 103
 def _prepare_model(cfg: Config, model: RetrievalModel) -> None:
     """Freeze what `cfg.trainable` keeps fixed, and the temperature when the loss has none."""
     set_trainable(model, cfg.trainable, cfg.trainable_blocks)
     if cfg.loss != "infonce":
         model.logit_scale.requires_grad_(False)        # no temperature in the loss: DDP must not wait for its gradient
 
-# %% ../nbs/12_train.ipynb 92
+# %% ../nbs/12_train.ipynb 106
 def _run_shape(cfg: Config, fine_tune: bool, target: torch.utils.data.Dataset | None) -> tuple[int, int, int]:
     """(epochs, source rows a step, target rows a step; 0: none) of an alignment or fine-tuning run."""
     epochs = cfg.da_epochs if fine_tune else cfg.epochs
     bs, tb = (cfg.source_batch, cfg.target_batch if target is not None else 0) if fine_tune else (cfg.batch_size, 0)
     return epochs, bs, tb
 
-# %% ../nbs/12_train.ipynb 95
-def _epoch_plans(n_source: int, n_target: int, epochs: int, seed: int, bs: int, tb: int, world: int) -> list[list]:
+# %% ../nbs/12_train.ipynb 109
+def _passes(cfg: Config, fine_tune: bool, target_batch: int) -> int:
+    """Passes over the target rows in one epoch: `cfg.da_passes` when fine-tuning with `da_schedule='within'`, else 1."""
+    if cfg.da_schedule not in ("epoch", "within"):
+        raise ValueError(f"da_schedule={cfg.da_schedule!r}; choose 'epoch' or 'within'")
+    if cfg.da_passes < 1:
+        raise ValueError(f"da_passes={cfg.da_passes}; an epoch makes at least one pass over the target rows")
+    return cfg.da_passes if fine_tune and target_batch and cfg.da_schedule == "within" else 1
+
+# %% ../nbs/12_train.ipynb 112
+def _epoch_plans(n_source: int, n_target: int, epochs: int, seed: int, bs: int, tb: int, world: int,
+                 passes: int = 1) -> list[list]:
     """`epoch_plan` of every epoch; an error naming the sizes when not one step has a full batch."""
     min_size = max(2, world)
-    plans = [epoch_plan(n_source, n_target, e, seed, bs, tb, min_size) for e in range(epochs)]
+    plans = [epoch_plan(n_source, n_target, e, seed, bs, tb, min_size, passes) for e in range(epochs)]
     if sum(len(p) for p in plans) == 0:
         raise ValueError(f"no full batch: {n_source} source rows (batch {bs})"
                          + (f", {n_target} target rows (batch {tb})" if tb else "") + f", {world} process(es)")
     return plans
 
-# %% ../nbs/12_train.ipynb 98
+# %% ../nbs/12_train.ipynb 115
 def _discriminator(cfg: Config, model: RetrievalModel, target: torch.utils.data.Dataset | None, fine_tune: bool,
                    device: torch.device) -> DomainDiscriminator | None:
     """The domain discriminator of an adversarial fine-tuning run towards `target`; None in any other run."""
@@ -396,26 +461,31 @@ def _discriminator(cfg: Config, model: RetrievalModel, target: torch.utils.data.
         return DomainDiscriminator(model.embed_dim, hidden=cfg.disc_hidden).to(device)
     return None
 
-# %% ../nbs/12_train.ipynb 101
+# %% ../nbs/12_train.ipynb 118
 def _train_groups(cfg: Config, model: RetrievalModel, disc: nn.Module | None, fine_tune: bool) -> list[dict]:
-    """AdamW parameter groups of an alignment run (`param_groups`) or a fine-tuning run, plus the discriminator's."""
+    """Optimizer parameter groups of an alignment run (`param_groups`) or a fine-tuning run, plus the discriminator's."""
     if fine_tune:
         groups = [dict(params=[p for p in model.parameters() if p.requires_grad], lr=cfg.da_lr, weight_decay=cfg.weight_decay)]
     else:
         groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
     if disc is not None:
-        groups.append(dict(params=list(disc.parameters()), lr=cfg.da_lr, weight_decay=cfg.weight_decay))
+        groups.append(dict(params=list(disc.parameters()), lr=cfg.disc_lr or cfg.da_lr, weight_decay=cfg.weight_decay))
     return groups
 
-# %% ../nbs/12_train.ipynb 104
-def _optimizer(cfg: Config, groups: list[dict], total: int, device: torch.device) -> tuple:
-    """(AdamW over `groups`, its warm-up cosine schedule over `total` steps, the fp16 gradient scaler)."""
-    opt = torch.optim.AdamW(groups, foreach=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, cfg.warmup_frac))
+# %% ../nbs/12_train.ipynb 121
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}    # cfg.optimizer -> its class
+
+# %% ../nbs/12_train.ipynb 122
+def _optimizer(cfg: Config, groups: list[dict], multiplier: Callable[[int], float], device: torch.device) -> tuple:
+    """(`cfg.optimizer` over `groups`, the schedule of every step's `multiplier`, the fp16 gradient scaler)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={cfg.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    opt = OPTIMIZERS[cfg.optimizer](groups, foreach=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16" and device.type == "cuda"))
     return opt, sched, scaler
 
-# %% ../nbs/12_train.ipynb 107
+# %% ../nbs/12_train.ipynb 125
 @dataclass
 class _Run:
     """What one call of `train` trains with, built before its first step."""
@@ -436,6 +506,7 @@ class _Run:
     world: int
     device: torch.device
     checkpoint: str | Path | None = None
+    passes: int = 1                              # passes over the target rows an epoch (da_schedule='within')
 
     epochs = property(lambda self: len(self.plans))
     total = property(lambda self: sum(len(p) for p in self.plans), doc="Steps of the whole run.")
@@ -447,12 +518,16 @@ class _Run:
         """The settings a checkpoint of this run stores (its own epoch count)."""
         return self.cfg.replace(epochs=self.epochs)
 
+    def pass_of(self, epoch: int, step: int) -> int:
+        """The pass over the target rows that `step` of `epoch` belongs to (0 with one pass an epoch)."""
+        return step * self.passes // max(1, len(self.plans[epoch]))
+
     def info(self, msg: str) -> None:
         """Log `msg` once (rank 0)."""
         if self.rank == 0:
             log.info(msg)
 
-# %% ../nbs/12_train.ipynb 111
+# %% ../nbs/12_train.ipynb 129
 @dataclass
 class _Progress:
     """Where a run stands: the loop state a checkpoint keeps besides the weights, and what `resume` restores."""
@@ -464,26 +539,30 @@ class _Progress:
     elapsed: float = 0.0                             # seconds trained by earlier processes
     rng: list | None = None                          # every process's generator states, when resumed
     t0: float = 0.0                                  # when this process started training
+    best: dict | None = None                         # the best-on-validation epoch's changing tensors (keep_best)
+    best_epoch: int = 0                              # that epoch (1-based; 0: none yet)
+    best_rsum: float = -math.inf                     # its validation R-sum
 
     def seconds(self) -> float:
         """Seconds trained so far, by every process of the run."""
         return self.elapsed + time.time() - self.t0
 
-# %% ../nbs/12_train.ipynb 114
+# %% ../nbs/12_train.ipynb 132
 def _restore(run: _Run) -> _Progress:
     """The progress stored in `run.checkpoint`, after checking it is this run's and loading its states."""
     ck = safe_torch_load(run.checkpoint)
     check_resumable(ck, run.run_cfg, run.n_items, run.checkpoint)
     restore_checkpoint(ck, run.model, run.opt, run.sched, run.scaler, run.disc)
     at = _Progress(list(ck["history"]), ck["epoch"], ck["step"], ck["global_step"], list(ck["epoch_logs"]),
-                   ck["elapsed"], ck["rng"])
+                   ck["elapsed"], ck["rng"], best=ck.get("best"), best_epoch=ck.get("best_epoch", 0),
+                   best_rsum=ck.get("best_rsum", -math.inf))
     if at.epoch >= run.epochs:
         run.info(f"checkpoint {run.checkpoint} is a finished run ({at.epoch} epochs): weights loaded, nothing to train")
     else:
         run.info(f"resuming from {run.checkpoint}: epoch {at.epoch + 1}/{run.epochs}, step {at.step} (global step {at.global_step})")
     return at
 
-# %% ../nbs/12_train.ipynb 116
+# %% ../nbs/12_train.ipynb 134
 def _resume(run: _Run, resume: bool) -> _Progress:
     """Where `run` starts: fresh, or where `run.checkpoint` left off when asked to `resume` and it exists."""
     if resume and not run.checkpoint:
@@ -496,7 +575,7 @@ def _resume(run: _Run, resume: bool) -> _Progress:
         run.info(f"no checkpoint at {run.checkpoint}: starting fresh")
     return _Progress()
 
-# %% ../nbs/12_train.ipynb 119
+# %% ../nbs/12_train.ipynb 137
 def _ddp(model: RetrievalModel, device: torch.device, world: int) -> nn.Module:
     """`model` wrapped for DistributedDataParallel when `world` processes train; the model itself for one."""
     if world > 1:
@@ -504,30 +583,30 @@ def _ddp(model: RetrievalModel, device: torch.device, world: int) -> nn.Module:
                                        find_unused_parameters=True)
     return model
 
-# %% ../nbs/12_train.ipynb 122
+# %% ../nbs/12_train.ipynb 140
 def _start_line(run: _Run) -> str:
     """The run's first log line: model, regime and modules, rows and what they hold, steps, batch, processes, device."""
     cfg, tb, kind = run.cfg, run.target_batch, getattr(run.source, "kind", "images")
     return (f"training {run.model.name} ({'fine-tuning' if run.fine_tune else 'alignment'}, trainable={cfg.trainable}, "
             f"loss={cfg.loss}, sam={cfg.use_sam}, curriculum={cfg.curriculum and run.fine_tune}, "
             f"adversarial={run.disc is not None}) on {len(run.source)} source{f' + {len(run.target)} target' if tb else ''} "
-            f"{kind}: {run.epochs} epochs, {run.total} steps, batch {run.batch_size}{f' + {tb}' if tb else ''} "
-            f"over {run.world} process(es) on {run.device.type}, amp={cfg.amp}")
+            f"{kind}: {run.epochs} epochs{f' of {run.passes} target passes' if run.passes > 1 else ''}, {run.total} steps, batch {run.batch_size}{f' + {tb}' if tb else ''} "
+            f"over {run.world} process(es) on {run.device.type}, amp={cfg.amp}, {cfg.optimizer}")
 
-# %% ../nbs/12_train.ipynb 125
+# %% ../nbs/12_train.ipynb 143
 def _restore_rng(run: _Run, at: _Progress) -> None:
     """Set this process's random generators to the states stored in `at` (none stored: leave them)."""
     if at.rng is not None:
         set_rng_state(at.rng[run.rank] if len(at.rng) == run.world else at.rng[0], run.device)
 
-# %% ../nbs/12_train.ipynb 128
+# %% ../nbs/12_train.ipynb 146
 def _freeze_frozen_norms(model: nn.Module) -> None:
     """Batch-norm layers with no trainable parameter go to eval mode (running statistics stay put)."""
     for mod in model.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters()):
             mod.eval()
 
-# %% ../nbs/12_train.ipynb 130
+# %% ../nbs/12_train.ipynb 148
 def _train_mode(run: _Run) -> None:
     """The model (and discriminator) in training mode, batch norms with frozen parameters in eval mode."""
     run.net.train()
@@ -535,12 +614,12 @@ def _train_mode(run: _Run) -> None:
         run.disc.train()
     _freeze_frozen_norms(run.model)
 
-# %% ../nbs/12_train.ipynb 133
+# %% ../nbs/12_train.ipynb 151
 def _show_progress(cfg: Config) -> bool:
     """Whether to show a progress bar: `cfg.progress` on, or auto and stderr a terminal."""
     return cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
 
-# %% ../nbs/12_train.ipynb 135
+# %% ../nbs/12_train.ipynb 153
 def _loader(items, keys: list[list], num_workers: int, seed: int):
     """A DataLoader yielding the batches of `items` listed in `keys` (one list of keys a batch); none without keys."""
     if not keys:
@@ -548,7 +627,7 @@ def _loader(items, keys: list[list], num_workers: int, seed: int):
     return torch.utils.data.DataLoader(items, batch_sampler=keys, num_workers=num_workers, collate_fn=collate,
                                        generator=torch.Generator().manual_seed(seed))
 
-# %% ../nbs/12_train.ipynb 137
+# %% ../nbs/12_train.ipynb 155
 def _epoch_loaders(run: _Run, epoch: int, steps: list[tuple[list, list]]) -> tuple:
     """Loaders of this process's shard of `steps`' source and target rows in `epoch` (no target: `None` batches)."""
     tb = run.target_batch
@@ -558,17 +637,19 @@ def _epoch_loaders(run: _Run, epoch: int, steps: list[tuple[list, list]]) -> tup
     tgt_loader = _loader(run.target, tgt_keys, run.cfg.num_workers, run.cfg.seed) if tb else [None] * len(src_keys)
     return src_loader, tgt_loader
 
-# %% ../nbs/12_train.ipynb 140
-def _step(run: _Run, at: _Progress, epoch: int, rows: tuple[list, list], src_batch: dict, tgt_batch: dict | None) -> dict:
-    """`train_step` on this process's `src_batch` and `tgt_batch` of the step's `rows` (source, target)."""
+# %% ../nbs/12_train.ipynb 158
+def _step(run: _Run, at: _Progress, epoch: int, rows: tuple[list, list], src_batch: dict, tgt_batch: dict | None,
+          pass_index: int = 0) -> dict:
+    """`train_step` on this process's `src_batch` and `tgt_batch` of the step's `rows` (source, target), in pass
+    `pass_index` of the epoch over the target rows."""
     (s, t), tb, world = rows, run.target_batch, run.world
     src_texts = [run.source.caption(epoch, i) for i in s]
     tgt_texts = [run.target.caption(epoch, i) for i in t] if tb else None
     return train_step(run.cfg, run.net, run.model, run.disc, run.opt, run.sched, run.scaler, src_batch, tgt_batch,
                       src_texts, tgt_texts, shard_sizes(len(s), world), shard_sizes(len(t), world) if tb else None,
-                      epoch, at.global_step / max(1, run.total - 1))
+                      epoch, at.global_step / max(1, run.total - 1), pass_index)
 
-# %% ../nbs/12_train.ipynb 143
+# %% ../nbs/12_train.ipynb 161
 def _save(run: _Run, at: _Progress, epoch_done: int, step: int, logs: list[dict]) -> None:
     """Checkpoint `run` after `step` steps of epoch `epoch_done` + 1 (`logs`: those steps' logs)."""
     rng = gather_rng(run.device, run.world)
@@ -576,9 +657,10 @@ def _save(run: _Run, at: _Progress, epoch_done: int, step: int, logs: list[dict]
         save_checkpoint(run.checkpoint, run.model, run.opt, run.run_cfg, epoch_done, step, run.sched, run.scaler,
                         discriminator=run.disc, state=dict(
                             global_step=at.global_step, history=at.history, epoch_logs=logs, elapsed=at.seconds(),
-                            rng=rng, n_items=run.n_items, world_size=run.world))
+                            rng=rng, n_items=run.n_items, world_size=run.world,
+                            best=at.best, best_epoch=at.best_epoch, best_rsum=at.best_rsum))
 
-# %% ../nbs/12_train.ipynb 147
+# %% ../nbs/12_train.ipynb 165
 def _run_epoch(run: _Run, at: _Progress, epoch: int, first: int, logs: list[dict],
                on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Steps `first`, `first` + 1, ... of `epoch`, their logs appended to `logs`; `at.global_step` counts them."""
@@ -588,7 +670,7 @@ def _run_epoch(run: _Run, at: _Progress, epoch: int, first: int, logs: list[dict
     bar = tqdm(total=len(plan), initial=first, desc=f"epoch {epoch + 1}/{run.epochs}", leave=False,
                disable=not (_show_progress(cfg) and run.rank == 0))
     for step, rows, sb, tbatch in zip(range(first, len(plan)), plan[first:], src_loader, tgt_loader):
-        logs.append(_step(run, at, epoch, rows, sb, tbatch))
+        logs.append(_step(run, at, epoch, rows, sb, tbatch, run.pass_of(epoch, step)))
         at.global_step += 1
         bar.update(1); bar.set_postfix(loss=f"{logs[-1]['loss']:.3f}")
         if run.checkpoint and cfg.checkpoint_every and at.global_step % cfg.checkpoint_every == 0 and step + 1 < len(plan):
@@ -598,51 +680,91 @@ def _run_epoch(run: _Run, at: _Progress, epoch: int, first: int, logs: list[dict
     bar.close()
     return logs
 
-# %% ../nbs/12_train.ipynb 150
-def _epoch_row(run: _Run, at: _Progress, epoch: int, logs: list[dict], val: Rows | None = None) -> dict:
-    """History row of `epoch` from its steps' `logs`: their means, source ratio, seconds, `val_mR` on `val`."""
+# %% ../nbs/12_train.ipynb 168
+def recall_sum(metrics: Mapping[str, float]) -> float:
+    """R-sum: R@1, R@5 and R@10 of both directions, summed (upstream's model-selection score)."""
+    return float(sum(metrics[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
+
+# %% ../nbs/12_train.ipynb 170
+def _epoch_row(run: _Run, at: _Progress, epoch: int, logs: list[dict], val: Rows | None = None,
+               segments: Mapping | None = None) -> dict:
+    """History row of `epoch` from its steps' `logs`: their means, source ratio, seconds, `val_rsum`/`val_mR` on `val`."""
     keys = sorted({k for lg in logs for k in lg})
     row = dict(epoch=epoch + 1, steps=len(logs), **{k: float(np.mean([lg[k] for lg in logs if k in lg])) for k in keys})
     if run.fine_tune:
-        row["source_ratio"] = source_ratio(run.cfg, epoch) if run.target_batch else 1.0
+        shares = [source_ratio(run.cfg, epoch, p) for p in range(run.passes)]
+        row["source_ratio"] = float(np.mean(shares)) if run.target_batch else 1.0
     row["seconds"] = at.seconds()
     if val is not None:
-        row["val_mR"] = evaluate(run.cfg, run.model, val)["mR"]
+        metrics = evaluate(run.cfg, run.model, val, segments)
+        row["val_rsum"], row["val_mR"] = recall_sum(metrics), metrics["mR"]
     return row
 
-# %% ../nbs/12_train.ipynb 152
+# %% ../nbs/12_train.ipynb 172
 def _row_line(row: dict) -> str:
     """An epoch's log line: `key=value` pairs, floats to four significant digits."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
-# %% ../nbs/12_train.ipynb 155
+# %% ../nbs/12_train.ipynb 175
+def _changing_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the tensors training can change: the trainable parameters and every buffer."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
+
+# %% ../nbs/12_train.ipynb 177
+def _keep_best(run: _Run, at: _Progress, row: dict) -> None:
+    """Mark `row` best when its validation R-sum beats every earlier epoch's, and keep a copy of the weights then."""
+    if not (run.cfg.keep_best and "val_rsum" in row):
+        return
+    row["is_best"] = bool(row["val_rsum"] > at.best_rsum)
+    if row["is_best"]:
+        at.best, at.best_epoch, at.best_rsum = _changing_state(run.model), row["epoch"], row["val_rsum"]
+
+# %% ../nbs/12_train.ipynb 178
+def _end_on_best(run: _Run, at: _Progress) -> None:
+    """Load the best-on-validation epoch's weights into the model (none kept: it stays as trained)."""
+    if at.best is not None:
+        run.model.load_state_dict(at.best, strict=False)
+        run.info(f"ending on epoch {at.best_epoch}'s weights, the best on validation (R-sum {at.best_rsum:.2f})")
+
+# %% ../nbs/12_train.ipynb 181
 def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, target: torch.utils.data.Dataset | None = None,
           fine_tune: bool = False, val: Rows | None = None, checkpoint: str | Path | None = None,
-          resume: bool = False, on_step: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Train `model` on `source` (towards `target` when fine-tuning); resumable, DDP under torchrun; per-epoch history."""
+          resume: bool = False, on_step: Callable[[dict], None] | None = None,
+          val_segments: Mapping | None = None) -> pd.DataFrame:
+    """Train `model` on `source` (towards `target` when fine-tuning); resumable, DDP under torchrun; per-epoch history.
+    With `val` and `cfg.keep_best`, the model ends on its best-on-validation epoch (`val_segments`: the validation
+    rows' segment crops when fused; default the source items' own)."""
     rank, world = init_distributed()
     seed_everything(cfg.seed)
     with torch_threads(cfg.threads):
         _prepare_model(cfg, model)
         device = process_device(model, world)
         epochs, bs, tb = _run_shape(cfg, fine_tune, target)
-        plans = _epoch_plans(len(source), len(target) if target is not None else 0, epochs, cfg.seed, bs, tb, world)
+        passes = _passes(cfg, fine_tune, tb)
+        plans = _epoch_plans(len(source), len(target) if target is not None else 0, epochs, cfg.seed, bs, tb, world, passes)
         disc = _discriminator(cfg, model, target, fine_tune, device)
-        opt, sched, scaler = _optimizer(cfg, _train_groups(cfg, model, disc, fine_tune), sum(map(len, plans)), device)
+        opt, sched, scaler = _optimizer(cfg, _train_groups(cfg, model, disc, fine_tune),
+                                        lr_multiplier(cfg, fine_tune, [len(p) for p in plans]), device)
         run = _Run(cfg, model, model, disc, opt, sched, scaler, source, target, plans, bs, tb, fine_tune, rank, world,
-                   device, checkpoint)
+                   device, checkpoint, passes)
         at = _resume(run, resume)
         if at.epoch >= run.epochs:
+            _end_on_best(run, at)
             return pd.DataFrame(at.history)
         run.net = _ddp(model, device, world)
         run.info(_start_line(run))
         _restore_rng(run, at)
         at.t0 = time.time()
+        segments = val_segments if val_segments is not None else getattr(source, "segments", None)
         for epoch in range(at.epoch, run.epochs):
             first, logs = (at.step, at.epoch_logs) if epoch == at.epoch else (0, [])
             _run_epoch(run, at, epoch, first, logs, on_step)
-            at.history.append(_epoch_row(run, at, epoch, logs, val))
+            at.history.append(_epoch_row(run, at, epoch, logs, val, segments))
+            _keep_best(run, at, at.history[-1])
             run.info(_row_line(at.history[-1]))
+            if epoch + 1 == run.epochs:
+                _end_on_best(run, at)                  # the last checkpoint holds the model train returns
             if checkpoint:
                 _save(run, at, epoch + 1, 0, [])
         return pd.DataFrame(at.history)
