@@ -9,6 +9,8 @@ The names added for issue 15 (pixel limit, EXIF, symbolic links) are imported in
 fails on its own without them.
 """
 import io
+import logging
+import zipfile
 import os
 import struct
 import warnings
@@ -240,3 +242,113 @@ def test_exif_orientation_in_jpeg_and_upright_images_untouched(tmp_path, uc_log,
     oriented(tmp_path / "upright.png", noisy(4, 6), 1, "PNG")
     assert np.array_equal(np.asarray(load_image(tmp_path / "upright.png")), noisy(4, 6))
     assert not any("upright.png" in m for m in messages(uc_log))
+
+
+# ---------------------------------------------------------------- images.zip of a release country (issue 23)
+
+def _release(root, n=3):
+    """The Spain folder of a release fixture of `n` 16-pixel images per country, no unlisted images."""
+    from urbancross.fixtures import write_release_fixture
+    write_release_fixture(root, images_per_domain=n, image_size=16, captions_per_image=1, segment_share=0,
+                          unlisted_per_domain=0)
+    return root / "Spain"
+
+
+def _rezip(folder, extra=(), top="images/"):
+    """Rewrite `folder`/images.zip: its JPEGs under `top`, then the `extra` (name, bytes) members."""
+    zp = folder / "images.zip"
+    with zipfile.ZipFile(zp) as z:
+        jpegs = [(n.rsplit("/", 1)[-1], z.read(n)) for n in z.namelist() if n.endswith(".jpg")]
+    with zipfile.ZipFile(zp, "w") as z:
+        for name, data in jpegs:
+            z.writestr(top + name, data)
+        for name, data in extra:
+            z.writestr(zipfile.ZipInfo(name), data)
+    return zp, jpegs
+
+
+HOSTILE = ["../../evil.jpg", "/abs/evil2.jpg", "images/../../../evil3.jpg"]
+
+
+def test_images_zip_with_macos_folder_readme_and_traversal_names_loads(tmp_path, uc_log, messages, encoded):
+    from urbancross.core import get_config
+    from urbancross.datasets import archive_report, load_urbancross_country
+    folder = _release(tmp_path / "raw")
+    junk = [("__MACOSX/", b""), ("__MACOSX/images/._spain_0000.jpg", b"\0\5\26\7junk"), ("README.txt", b"read me"),
+            ("images/.DS_Store", b"\0\0\0\1Bud1"), ("images/Thumbs.db", b"\xd0\xcf"), ("notes/licence.md", b"cc-by")]
+    _rezip(folder, junk + [(n, encoded("JPEG")) for n in HOSTILE])
+    df = load_urbancross_country(tmp_path / "raw", "spain")
+    assert list(df.image_id) == [f"spain/spain_{i:04d}" for i in range(3)]
+    assert all(load_image(p).size == (16, 16) for p in df.image_path)
+    assert not [p for p in tmp_path.rglob("evil*")], "a hostile member was written"
+    warned = " ".join(messages(uc_log, logging.WARNING))
+    assert all(n in warned for n in HOSTILE), warned
+    report = archive_report(get_config("smoke", data_source="urbancross", data_root=str(tmp_path / "raw"),
+                                       domains=("spain",)))
+    r = next(r for r in report if r["archive"].endswith("images.zip"))
+    assert r["images"] == 3 and sorted(r["refused"]) == sorted(HOSTILE), r
+    assert r["skipped"] == {"macOS metadata": 1, "system file": 2, "not an image": 2}, r
+
+
+def test_images_are_found_wherever_they_sit_in_the_zip(tmp_path):
+    from urbancross.datasets import load_urbancross_country
+    for top in ("", "Spain/release/pictures/"):
+        folder = _release(tmp_path / top.replace("/", "_"))
+        _rezip(folder, [("README", b"read me")], top=top)
+        df = load_urbancross_country(tmp_path / top.replace("/", "_"), "spain")
+        assert all(load_image(p).size == (16, 16) for p in df.image_path), top
+
+
+def test_images_zip_over_the_total_cap_is_refused_before_writing(tmp_path, monkeypatch):
+    from urbancross.datasets import load_urbancross_country
+    folder = _release(tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.setenv("URBANCROSS_UNPACK_MAX_TOTAL", "1000")
+    with pytest.raises(ValueError, match=r"images.zip: .*more than .*1,000 bytes.*URBANCROSS_UNPACK_MAX_TOTAL"):
+        load_urbancross_country(tmp_path, "spain")
+    assert sorted(p.name for p in folder.iterdir()) == before          # nothing written, not even a partial folder
+
+
+def test_images_zip_member_declaring_4_gb_is_refused_before_writing(tmp_path):
+    from urbancross.datasets import load_urbancross_country
+    folder = _release(tmp_path)
+    zp, _ = _rezip(folder)
+    data = bytearray(zp.read_bytes())
+    at = data.rfind(b"PK\x01\x02")                                        # central directory entry of the last member
+    data[at + 24:at + 28] = struct.pack("<I", 0xF0000000)                 # its uncompressed size: 4,026,531,840 bytes
+    zp.write_bytes(bytes(data))
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(ValueError, match=r"images/spain_0002.jpg.*4,026,531,840 bytes.*URBANCROSS_UNPACK_MAX_MEMBER"):
+        load_urbancross_country(tmp_path, "spain")
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_interrupted_unpack_is_not_trusted_by_a_rerun(tmp_path, monkeypatch):
+    import shutil
+    from urbancross.datasets import load_urbancross_country
+    folder = _release(tmp_path)
+    real, calls = shutil.copyfileobj, []
+
+    def dies_on_the_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed mid-unpack")
+        return real(*a, **kw)
+    monkeypatch.setattr(shutil, "copyfileobj", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        load_urbancross_country(tmp_path, "spain")
+    monkeypatch.setattr(shutil, "copyfileobj", real)
+    df = load_urbancross_country(tmp_path, "spain")
+    assert all(load_image(p).size == (16, 16) for p in df.image_path)
+
+
+def test_a_nested_unpack_left_by_older_code_is_redone(tmp_path):
+    from urbancross.datasets import load_urbancross_country
+    folder = _release(tmp_path)
+    nested = folder / "images" / "images"                                 # what the old unpack made of a 2-entry zip
+    with zipfile.ZipFile(folder / "images.zip") as z:
+        z.extractall(folder / "images")
+    (folder / "images" / ".complete").write_text(str(folder / "images.zip"))
+    assert nested.is_dir()
+    df = load_urbancross_country(tmp_path, "spain")
+    assert all(load_image(p).size == (16, 16) for p in df.image_path)

@@ -29,8 +29,10 @@ NFC, NFD = unicodedata.normalize("NFC", "café_1"), unicodedata.normalize("NFD",
 
 
 def release_country(root, country, n):
-    """The folder of `country` in a release fixture under `root` of `n` 16-pixel images per country, one caption each."""
-    out = write_release_fixture(root, images_per_domain=n, image_size=16, captions_per_image=1, segment_share=0)
+    """The folder of `country` in a release fixture under `root` of `n` 16-pixel images per country, one caption each
+    (and no unlisted images)."""
+    out = write_release_fixture(root, images_per_domain=n, image_size=16, captions_per_image=1, segment_share=0,
+                                unlisted_per_domain=0)
     return Path(out[country.lower()]["folder"])
 
 
@@ -392,3 +394,73 @@ def test_caption_json_name_in_another_normalisation(tmp_path, uc_log, messages):
     df = load_karpathy_json(j, imgs, "rsicd")
     assert df.image_path[1] == str(imgs / f"{NFD}.jpg")
     assert any("Unicode normalisation" in m for m in messages(uc_log, logging.INFO))
+
+
+# ---------------------------------------------------------------- captions as text, physical lines (issue 23)
+
+def _release_csv_text(tmp_path, body):
+    """A Spanish release of 3 images whose caption CSV is `body` (after the header)."""
+    folder = release_country(tmp_path, "Spain", n=3)
+    csv = folder / "instructblip_generation_spain_refine.csv"
+    csv.write_text("image_name,description\n" + body, encoding="utf-8")
+    return csv
+
+
+def test_caption_of_zero_width_spaces_is_named_with_its_physical_line(tmp_path):
+    _release_csv_text(tmp_path, 'spain_0000.jpg,"a roof\nover two lines"\nspain_0001.jpg,\u200b\u200b\u2060\n')
+    with pytest.raises(ValueError, match=r"refine.csv: line 4 .*spain_0001.jpg.*empty caption"):
+        load_urbancross_country(tmp_path, "spain")
+
+
+def test_csv_errors_name_physical_lines_after_a_caption_with_a_newline(tmp_path):
+    _release_csv_text(tmp_path, 'spain_0000.jpg,a roof\nspain_0001.jpg,"two\nlines"\n,a field\n')
+    with pytest.raises(ValueError, match=r"refine.csv: line 5: empty image_name"):
+        load_urbancross_country(tmp_path, "spain")
+
+
+def test_repeated_header_row_is_named(tmp_path):
+    _release_csv_text(tmp_path, "spain_0000.jpg,a roof\nimage_name,description\nspain_0001.jpg,a field\n")
+    with pytest.raises(ValueError, match=r"refine.csv: line 3: .*repeated header"):
+        load_urbancross_country(tmp_path, "spain", check_images=False)
+
+
+def test_manifest_file_errors_name_physical_lines(tmp_path, manifest_file):
+    m = manifest_file(tmp_path, captions=(("a red roof",), ("two lakes",), ("a field",)))
+    df = pd.read_csv(m, dtype=str, keep_default_na=False)
+    df.loc[0, "tags"] = "roofs\nand yards"                               # row 1 spans lines 2-3
+    df.loc[1, "split"] = "holdout"                                      # row 2 starts on line 4
+    df.to_csv(m, index=False, lineterminator="\n")
+    with pytest.raises(ValueError, match=r"manifest.csv: line 4 \(image_id='id1'\): split 'holdout'"):
+        read_manifest(m)
+
+
+def test_restval_split_is_folded_into_train_with_a_log_line(tmp_path, uc_log, messages):
+    j, imgs = caption_json(tmp_path)
+    d = json.loads(j.read_text())
+    d["images"][0]["split"] = d["images"][1]["split"] = "restval"
+    j.write_text(json.dumps(d))
+    df = load_karpathy_json(j, imgs, "rsicd")
+    assert list(df.split[:2]) == ["train", "train"]
+    said = [m for m in messages(uc_log, logging.INFO) if "of split 'restval'" in m]
+    assert len(said) == 1 and "2 image(s)" in said[0] and "train" in said[0], messages(uc_log)
+
+
+def test_unicode_name_fallback_is_recorded_per_item(tmp_path, uc_log, release_with_name):
+    from urbancross.data import FALLBACKS, fallback_summary
+    release_with_name(tmp_path, NFC, NFD)
+    before = FALLBACKS["unicode_name"]
+    load_urbancross_country(tmp_path, "germany")
+    summary = fallback_summary()["unicode_name"]
+    assert FALLBACKS["unicode_name"] == before + 1 and summary["count"] == FALLBACKS["unicode_name"]
+    assert any(NFC in item or ascii(NFC) in item for item in summary["first"]), summary
+
+
+def test_note_fallback_keeps_the_counter_and_the_first_names():
+    from urbancross.data import FALLBACKS, fallback_summary, note_fallback
+    before = FALLBACKS["test_kind"]
+    for i in range(12):
+        note_fallback("test_kind", f"item{i}")
+    s = fallback_summary()["test_kind"]
+    assert FALLBACKS["test_kind"] == before + 12 == s["count"]
+    assert s["first"][:5] == [f"item{i}" for i in range(5)] or before > 0
+    assert len(s["first"]) <= 10

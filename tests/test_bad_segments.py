@@ -95,3 +95,31 @@ def test_segment_zip_stem_in_another_normalisation(tmp_path, uc_log, messages):
         crops, valid = uz.load(NFC, 4, 8)
         assert valid.tolist() == [True, True, False, False]
     assert any("Unicode normalisation" in m and str(zp) in m for m in messages(uc_log, logging.INFO)), messages(uc_log)
+
+
+# ---------------------------------------------------------------- release segments missing or empty (issue 23)
+
+def test_empty_segment_folder_is_named_and_counted(tmp_path, uc_log, messages, noisy):
+    from urbancross.data import fallback_summary, make_manifest
+    from urbancross.segments import SegmentCache, SegmentConfig, make_segmenter, segment_manifest
+    rows = []
+    for stem in ("t_full", "t_empty", "t_absent"):
+        Image.fromarray(noisy(16, 16)).save(tmp_path / f"{stem}.png")
+        rows.append(dict(image_id=f"finland/{stem}", image_path=str(tmp_path / f"{stem}.png"), captions=["x"],
+                         domain="finland"))
+    zp = tmp_path / "image_segments.zip"
+    with zipfile.ZipFile(zp, "w") as z:
+        buf = io.BytesIO(); Image.fromarray(noisy(8, 8)).save(buf, "PNG")
+        z.writestr("image_segments/t_full/t_full_0.png", buf.getvalue())
+        z.writestr("image_segments/t_empty/", b"")                               # a folder with no segment files
+    before = fallback_summary()
+    table, stats = segment_manifest(make_manifest(rows), make_segmenter("superpixel"), SegmentCache(tmp_path / "cache"),
+                                    num_seg=2, cfg=SegmentConfig(num_stored=2, crop_size=8), release={"finland": zp})
+    assert list(table.segment_source) == ["release", "superpixel", "superpixel"]
+    after = fallback_summary()
+    grew = {k: v["count"] - before.get(k, {}).get("count", 0) for k, v in after.items()}
+    assert grew.get("release_segments_empty") == 1 and grew.get("release_segments_missing") == 1, grew
+    assert "finland/t_empty" in after["release_segments_empty"]["first"]
+    assert "finland/t_absent" in after["release_segments_missing"]["first"]
+    warned = " ".join(messages(uc_log, logging.WARNING))
+    assert "finland/t_empty" in warned and "empty" in warned, warned

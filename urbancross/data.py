@@ -3,6 +3,7 @@
 # %% ../nbs/01_data.ipynb 2
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import io
@@ -28,13 +29,13 @@ from tqdm import tqdm
 from .core import atomic_write, get_logger
 
 # %% auto 0
-__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'FALLBACKS', 'COUNTRY_BOUNDS', 'IMAGE_SUFFIXES', 'row_mask',
-           'Manifest', 'make_manifest', 'validate_manifest', 'clip_caption', 'clip_captions', 'warn_clipped',
-           'write_manifest', 'read_utf8', 'read_csv_checked', 'read_manifest', 'ImageLoadError', 'ImageTooLarge',
-           'path_problem', 'check_path', 'pixel_limit_enforced', 'too_many_pixels', 'upright', 'load_image',
-           'make_splits', 'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums',
-           'duplicate_caption_report', 'LatLonBox', 'NameIndex', 'image_overlap', 'ManifestDataset', 'caption_table',
-           'progress']
+__all__ = ['MANIFEST_COLUMNS', 'SPLITS', 'MAX_CAPTION_CHARS', 'log', 'FALLBACKS', 'FALLBACK_ITEMS_KEPT', 'COUNTRY_BOUNDS',
+           'IMAGE_SUFFIXES', 'note_fallback', 'fallback_summary', 'row_mask', 'Manifest', 'make_manifest', 'blank_text',
+           'validate_manifest', 'clip_caption', 'clip_captions', 'warn_clipped', 'write_manifest', 'read_utf8',
+           'csv_row_lines', 'read_csv_checked', 'read_manifest', 'ImageLoadError', 'ImageTooLarge', 'path_problem',
+           'check_path', 'pixel_limit_enforced', 'too_many_pixels', 'upright', 'load_image', 'make_splits',
+           'write_split_lists', 'sha256_file', 'write_checksums', 'verify_checksums', 'duplicate_caption_report',
+           'LatLonBox', 'NameIndex', 'image_overlap', 'ManifestDataset', 'caption_table', 'progress']
 
 # %% ../nbs/01_data.ipynb 4
 MANIFEST_COLUMNS = ["image_id", "image_path", "captions", "domain", "lat", "lon", "split", "tags"]
@@ -44,12 +45,31 @@ log = get_logger("urbancross.data")
 FALLBACKS: Counter = Counter()      # documented fallbacks taken in this process, by kind (see "Bad input at a glance")
 
 # %% ../nbs/01_data.ipynb 6
+FALLBACK_ITEMS_KEPT = 10                 # item names kept (and logged) per kind; later ones are only counted
+_fallback_items: dict[str, list[str]] = {}
+
+def note_fallback(kind: str, item: str, why: str = "") -> None:
+    """Count one fallback of `kind` for `item` (an image, caption or file name); the first few are named in the log."""
+    FALLBACKS[kind] += 1
+    kept = _fallback_items.setdefault(kind, [])
+    if len(kept) < FALLBACK_ITEMS_KEPT:
+        kept.append(str(item))
+        last = len(kept) == FALLBACK_ITEMS_KEPT
+        log.info(f"fallback {kind}: {item}" + (f" ({why})" if why else "")
+                 + (f"; later {kind} fallbacks are counted (fallback_summary()), not named" if last else ""))
+
+# %% ../nbs/01_data.ipynb 7
+def fallback_summary() -> dict:
+    """{kind: {"count": n, "first": [the first item names]}} of the fallbacks taken in this process."""
+    return {k: {"count": int(n), "first": list(_fallback_items.get(k, []))} for k, n in sorted(FALLBACKS.items()) if n}
+
+# %% ../nbs/01_data.ipynb 10
 def row_mask(domains: Iterable, splits: Iterable, domain: str | None = None, split: str | None = None) -> np.ndarray:
     """Which rows are of `domain` and of `split` (None: any), as a boolean array."""
     keep = [(domain is None or d == domain) and (split is None or s == split) for d, s in zip(domains, splits)]
     return np.array(keep, dtype=bool)
 
-# %% ../nbs/01_data.ipynb 8
+# %% ../nbs/01_data.ipynb 12
 class Manifest(pd.DataFrame):
     """A manifest table that stays one through pandas operations, and answers like a `FeatureBank`."""
     @property
@@ -83,7 +103,7 @@ class Manifest(pd.DataFrame):
         data = [list(self["image_id"]), [str(p) for p in self["image_path"]], [list(c) for c in self["captions"]]]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:20]
 
-# %% ../nbs/01_data.ipynb 11
+# %% ../nbs/01_data.ipynb 15
 def make_manifest(rows: Iterable[dict]) -> Manifest:
     """A `Manifest` from row dicts (missing optional fields filled)."""
     defaults = dict(lat=float("nan"), lon=float("nan"), tags="", split="train")
@@ -92,29 +112,39 @@ def make_manifest(rows: Iterable[dict]) -> Manifest:
     df["tags"] = df["tags"].fillna("").astype(str)
     return df
 
-# %% ../nbs/01_data.ipynb 14
-def _where(i: int, first_line: int | None) -> str:
-    return f"row {i}" if first_line is None else f"line {i + first_line}"
+# %% ../nbs/01_data.ipynb 18
+def _line(i: int, first_line: int | Sequence[int]) -> int:
+    """The file line of row `i`: `first_line[i]` (each row's own physical line), or `i + first_line`."""
+    return first_line[i] if isinstance(first_line, Sequence) else i + first_line
 
-# %% ../nbs/01_data.ipynb 16
+def _where(i: int, first_line: int | Sequence[int] | None) -> str:
+    return f"row {i}" if first_line is None else f"line {_line(i, first_line)}"
+
+# %% ../nbs/01_data.ipynb 20
 def _bad_row(source: str, where: str, image_id: object, what: str) -> ValueError:
     return ValueError(f"{source}: {where} (image_id={image_id!r}): {what}")
 
-# %% ../nbs/01_data.ipynb 18
-def _check_unique_ids(ids: Sequence, source: str, first_line: int | None = None) -> None:
+# %% ../nbs/01_data.ipynb 23
+def blank_text(s: object) -> bool:
+    """True if `s` is not a string, or nothing is left of it without whitespace and format characters (Cf)."""
+    return not isinstance(s, str) or not "".join(ch for ch in s if unicodedata.category(ch) != "Cf").strip()
+
+# %% ../nbs/01_data.ipynb 25
+def _check_unique_ids(ids: Sequence, source: str, first_line: int | Sequence[int] | None = None) -> None:
     """Raise `ValueError` naming every duplicated id and the rows (or lines) it is on."""
     rows: dict = {}
     for i, v in enumerate(ids):
         rows.setdefault(v, []).append(i)
     dups = [(v, r) for v, r in rows.items() if len(r) > 1]
     if dups:
-        unit, off = ("rows", 0) if first_line is None else ("lines", first_line)
-        shown = "; ".join(f"{v!r} at {unit} {[i + off for i in r]}" for v, r in dups[:5])
+        unit = "rows" if first_line is None else "lines"
+        shown = "; ".join(f"{v!r} at {unit} {[i if first_line is None else _line(i, first_line) for i in r]}"
+                          for v, r in dups[:5])
         more = f" (and {len(dups) - 5} more duplicated ids)" if len(dups) > 5 else ""
         raise ValueError(f"{source}: duplicate image_id {shown}{more}; every image_id must be unique")
 
-# %% ../nbs/01_data.ipynb 20
-def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | None = None,
+# %% ../nbs/01_data.ipynb 27
+def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: int | Sequence[int] | None = None,
                       captions_required: bool = True) -> pd.DataFrame:
     """Check the manifest's columns and rows; raise `ValueError` naming `source` and the row (or line)."""
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
@@ -127,8 +157,9 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
         if not isinstance(caps, (list, tuple)) or (captions_required and len(caps) == 0):
             raise _bad_row(source, where, r.image_id, "no captions")
         for c in caps:
-            if not isinstance(c, str) or not c.strip():
-                raise _bad_row(source, where, r.image_id, "empty caption")
+            if blank_text(c):
+                raise _bad_row(source, where, r.image_id, "empty caption (nothing but whitespace or invisible "
+                               f"characters: {c!r})" if isinstance(c, str) and c else "empty caption")
         if r.split not in SPLITS:
             raise _bad_row(source, where, r.image_id, f"split {r.split!r} is not one of {SPLITS}")
         for name in ("lat", "lon"):
@@ -137,7 +168,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest", first_line: in
                 raise _bad_row(source, where, r.image_id, f"{name}={v!r} is not a number")
     return df
 
-# %% ../nbs/01_data.ipynb 23
+# %% ../nbs/01_data.ipynb 30
 def clip_caption(text: str, max_chars: int = MAX_CAPTION_CHARS) -> str:
     """`text` unchanged if it fits in `max_chars`, else cut at the last space before the limit."""
     if len(text) <= max_chars:
@@ -146,7 +177,7 @@ def clip_caption(text: str, max_chars: int = MAX_CAPTION_CHARS) -> str:
     space = cut.rfind(" ")
     return (cut[:space] if space >= max_chars // 2 else cut).rstrip()
 
-# %% ../nbs/01_data.ipynb 26
+# %% ../nbs/01_data.ipynb 33
 def clip_captions(caps: list, where: str, clipped: list) -> list:
     """`caps` with each string clipped; appends `(where, length)` to `clipped` for each one cut."""
     out = []
@@ -156,14 +187,14 @@ def clip_captions(caps: list, where: str, clipped: list) -> list:
         out.append(c)
     return out
 
-# %% ../nbs/01_data.ipynb 28
+# %% ../nbs/01_data.ipynb 35
 def warn_clipped(source: str | Path, clipped: list) -> None:
     """One warning for the captions of `source` that `clip_captions` cut (none: no warning)."""
     if clipped:
         log.warning(f"{source}: {len(clipped)} caption(s) longer than {MAX_CAPTION_CHARS} characters truncated "
                     f"(first at {clipped[0][0]}, {clipped[0][1]} characters)")
 
-# %% ../nbs/01_data.ipynb 31
+# %% ../nbs/01_data.ipynb 38
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate and write `df` as CSV at `path` (atomic; paths made relative to its folder)."""
     path = Path(path)
@@ -177,7 +208,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         out.to_csv(f, index=False, lineterminator="\n")
     return path
 
-# %% ../nbs/01_data.ipynb 34
+# %% ../nbs/01_data.ipynb 41
 def read_utf8(path: str | Path) -> str:
     """The text of `path` as UTF-8 (BOM dropped); a bad byte is named by offset and line."""
     path = Path(path)
@@ -191,9 +222,28 @@ def read_utf8(path: str | Path) -> str:
                          f"{raw[e.start:e.start + 1]!r}, {e.reason}); re-save the file as UTF-8") from e
     return text[1:] if text.startswith("\ufeff") else text
 
-# %% ../nbs/01_data.ipynb 37
+# %% ../nbs/01_data.ipynb 44
+def csv_row_lines(text: str) -> list[int]:
+    """The physical line (from 1) on which each data row of CSV `text` starts; blank lines skipped, as pandas does."""
+    reader, starts, end = csv.reader(io.StringIO(text)), [], 0
+    for row in reader:
+        if row:
+            starts.append(end + 1)
+        end = reader.line_num
+    return starts[1:]                        # the first row is the header
+
+# %% ../nbs/01_data.ipynb 46
+def _no_repeated_header(df: pd.DataFrame, path: Path, lines: list[int]) -> None:
+    """Raise `ValueError` naming the line of a row that repeats the header (two CSV files joined into one?)."""
+    header = [str(c) for c in df.columns]
+    for i, row in enumerate(df.itertuples(index=False)):
+        if [str(v).strip() for v in row] == header:
+            raise ValueError(f"{path}: line {lines[i]}: a repeated header row ({','.join(header)}), not data; "
+                             "were two CSV files joined? delete that line")
+
+# %% ../nbs/01_data.ipynb 47
 def read_csv_checked(path: str | Path, required: Sequence[str], complete: bool = False) -> pd.DataFrame:
-    """Read a UTF-8 CSV as strings, naming the file on decoding errors, truncation or missing columns."""
+    """Read a UTF-8 CSV as strings (`attrs["lines"]`: each row's physical line), naming the file on any problem."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"file not found: {path}")
@@ -212,36 +262,39 @@ def read_csv_checked(path: str | Path, required: Sequence[str], complete: bool =
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+    lines = csv_row_lines(text)
+    df.attrs["lines"] = lines if len(lines) == len(df) else [i + 2 for i in range(len(df))]
+    _no_repeated_header(df, path, df.attrs["lines"])
     return df
 
-# %% ../nbs/01_data.ipynb 39
+# %% ../nbs/01_data.ipynb 49
 def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest CSV written by `write_manifest`; errors name file lines."""
     path = Path(path)
     df = read_csv_checked(path, MANIFEST_COLUMNS, complete=True)
-    caps, clipped = [], []
-    for i, s in enumerate(df["captions"]):
+    caps, clipped, lines = [], [], df.attrs["lines"]
+    for line, s in zip(lines, df["captions"]):
         try:
             c = json.loads(s)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i + 2}: captions is not a JSON list: {s[:60]!r}") from e
-        caps.append(clip_captions(c if isinstance(c, list) else [c], f"line {i + 2}", clipped))
+            raise ValueError(f"{path}: line {line}: captions is not a JSON list: {s[:60]!r}") from e
+        caps.append(clip_captions(c if isinstance(c, list) else [c], f"line {line}", clipped))
     warn_clipped(path, clipped)
     df["captions"] = caps
     df["image_path"] = [str((path.parent / p).resolve()) for p in df["image_path"]]
     for c in ("lat", "lon"):
         df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce").astype(float)
-    return validate_manifest(Manifest(df), str(path), first_line=2)
+    return validate_manifest(Manifest(df), str(path), first_line=lines)
 
-# %% ../nbs/01_data.ipynb 45
+# %% ../nbs/01_data.ipynb 55
 class ImageLoadError(ValueError):
     """An image path that is there but cannot be read or decoded (named in the message)."""
 
-# %% ../nbs/01_data.ipynb 47
+# %% ../nbs/01_data.ipynb 57
 class ImageTooLarge(ImageLoadError):
     """An image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (a possible decompression bomb)."""
 
-# %% ../nbs/01_data.ipynb 49
+# %% ../nbs/01_data.ipynb 59
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _CONVERSIONS = {"L": "gray copied to R, G, B", "1": "bilevel to 0/255 gray", "P": "palette looked up",
                 "RGBA": "alpha dropped", "LA": "alpha dropped, gray copied", "PA": "alpha dropped, palette looked up"}
@@ -256,7 +309,7 @@ def _stretch_to_8bit(im: Image.Image, path: Path) -> tuple[Image.Image, str]:
     arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
     return Image.fromarray(arr.astype(np.uint8)), f"stretched from [{lo:g}, {hi:g}] to [0, 255]"
 
-# %% ../nbs/01_data.ipynb 51
+# %% ../nbs/01_data.ipynb 61
 def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
     """An 8-bit RGB copy of a loaded image, logging any conversion."""
     mode = im.mode
@@ -272,7 +325,7 @@ def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
             f"({how})" + (f"; later {mode!r} images are logged at DEBUG" if first else ""))
     return im.convert("RGB")
 
-# %% ../nbs/01_data.ipynb 53
+# %% ../nbs/01_data.ipynb 63
 def path_problem(path: str | Path) -> tuple[type, str] | None:
     """Why `path` is not a readable file, as (exception class, words to follow the path), or None if it is one."""
     path = Path(path)
@@ -291,14 +344,14 @@ def path_problem(path: str | Path) -> tuple[type, str] | None:
         return ImageLoadError, "is a folder, not an image file"
     return None
 
-# %% ../nbs/01_data.ipynb 55
+# %% ../nbs/01_data.ipynb 65
 def check_path(path: Path, what: str) -> None:
     """Raise the `path_problem` of `path`, if any, with `what` (the words before the path) in front."""
     if (problem := path_problem(path)) is not None:
         kind, why = problem
         raise kind(f"{what} {path} {why}")
 
-# %% ../nbs/01_data.ipynb 57
+# %% ../nbs/01_data.ipynb 67
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 @contextmanager
@@ -308,7 +361,7 @@ def pixel_limit_enforced() -> Iterator[None]:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
 
-# %% ../nbs/01_data.ipynb 59
+# %% ../nbs/01_data.ipynb 69
 def too_many_pixels(what: str, e: Exception) -> ImageTooLarge:
     """The error for `what` (a file, or zip:member) that Pillow flagged in `e`: its pixels, the limit, how to raise it."""
     m, limit = _PILLOW_PIXELS.search(str(e)), Image.MAX_IMAGE_PIXELS
@@ -317,7 +370,7 @@ def too_many_pixels(what: str, e: Exception) -> ImageTooLarge:
                          f" = {limit:,}; if the image is genuine, raise the limit before loading it "
                          "(PIL.Image.MAX_IMAGE_PIXELS = n, or None to switch the check off)")
 
-# %% ../nbs/01_data.ipynb 61
+# %% ../nbs/01_data.ipynb 71
 _TURNS = {2: "mirrored left-right", 3: "turned 180°", 4: "mirrored top-bottom", 5: "transposed",
           6: "turned 90° clockwise", 7: "transversed", 8: "turned 90° counter-clockwise"}
 _logged_orientation: list = []
@@ -332,14 +385,14 @@ def upright(im: Image.Image, where: str) -> Image.Image:
     if o not in _TURNS:
         return im
     out = ImageOps.exif_transpose(im)
-    FALLBACKS["exif_orientation"] += 1
     first = not _logged_orientation
     _logged_orientation.append(o)
     log.log(logging.INFO if first else logging.DEBUG, f"{where} has EXIF orientation {o}: {_TURNS[o]} to upright "
             f"({im.width}x{im.height} -> {out.width}x{out.height})" + ("; later ones are logged at DEBUG" if first else ""))
+    note_fallback("exif_orientation", where, _TURNS[o])
     return out
 
-# %% ../nbs/01_data.ipynb 63
+# %% ../nbs/01_data.ipynb 73
 def _png_end_missing(path: Path) -> bool:
     """True if the PNG at `path` lacks a complete `IEND` chunk (name + CRC) in its last 4 KiB."""
     with open(path, "rb") as f:
@@ -348,7 +401,7 @@ def _png_end_missing(path: Path) -> bool:
     end = tail.rfind(b"IEND")
     return end < 0 or end + 8 > len(tail)
 
-# %% ../nbs/01_data.ipynb 65
+# %% ../nbs/01_data.ipynb 75
 def _declared_zero_size(path: Path) -> str | None:
     """'WxH' if `path` is a PNG whose header declares a zero width or height (PIL refuses to open those)."""
     with open(path, "rb") as f:
@@ -358,7 +411,7 @@ def _declared_zero_size(path: Path) -> str | None:
         return f"{w}x{h}" if w == 0 or h == 0 else None
     return None
 
-# %% ../nbs/01_data.ipynb 67
+# %% ../nbs/01_data.ipynb 77
 def load_image(path: str | Path) -> Image.Image:
     """Decode `path` to an 8-bit RGB PIL image; errors name the file."""
     path = Path(path)
@@ -391,7 +444,7 @@ def load_image(path: str | Path) -> Image.Image:
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = pad_truncated
 
-# %% ../nbs/01_data.ipynb 80
+# %% ../nbs/01_data.ipynb 90
 def make_splits(image_ids: Sequence[str], seed: int, fractions: tuple = (0.7, 0.1, 0.2)) -> dict[str, str]:
     """Map each id to 'train'/'val'/'test', deterministically from `seed`."""
     if abs(sum(fractions) - 1) > 1e-9:
@@ -404,7 +457,7 @@ def make_splits(image_ids: Sequence[str], seed: int, fractions: tuple = (0.7, 0.
         out[ids[j]] = "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
     return out
 
-# %% ../nbs/01_data.ipynb 82
+# %% ../nbs/01_data.ipynb 92
 def write_split_lists(df: pd.DataFrame, folder: str | Path, name_col: str = "image_id") -> list[Path]:
     """Write `<split>_list.txt` files (upstream layout) for the manifest's splits."""
     written = []
@@ -415,7 +468,7 @@ def write_split_lists(df: pd.DataFrame, folder: str | Path, name_col: str = "ima
         written.append(p)
     return written
 
-# %% ../nbs/01_data.ipynb 85
+# %% ../nbs/01_data.ipynb 95
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """The hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -424,7 +477,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
             h.update(block)
     return h.hexdigest()
 
-# %% ../nbs/01_data.ipynb 87
+# %% ../nbs/01_data.ipynb 97
 def write_checksums(files: Iterable[str | Path], out: str | Path) -> Path:
     """Write `sha256  relative/path` lines for `files` into `out` (paths relative to its folder)."""
     out = Path(out); base = out.parent.resolve()
@@ -433,7 +486,7 @@ def write_checksums(files: Iterable[str | Path], out: str | Path) -> Path:
         f.write("".join(lines))
     return out
 
-# %% ../nbs/01_data.ipynb 89
+# %% ../nbs/01_data.ipynb 99
 def verify_checksums(sums: str | Path) -> int:
     """Check every file listed in a `SHA256SUMS` file; raise naming the first bad one. Returns the count."""
     sums = Path(sums); n = 0
@@ -449,7 +502,7 @@ def verify_checksums(sums: str | Path) -> int:
         n += 1
     return n
 
-# %% ../nbs/01_data.ipynb 92
+# %% ../nbs/01_data.ipynb 102
 def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
     """Captions (lower-cased, whitespace-normalised) that occur in more than one image."""
     rows = [(" ".join(c.lower().split()), r.image_id, r.domain) for r in df.itertuples() for c in r.captions]
@@ -458,7 +511,7 @@ def duplicate_caption_report(df: pd.DataFrame) -> pd.DataFrame:
                                     domains=("domain", lambda s: sorted(set(s))))
     return g[g.n_images > 1].sort_values("n_images", ascending=False).reset_index()
 
-# %% ../nbs/01_data.ipynb 95
+# %% ../nbs/01_data.ipynb 105
 class LatLonBox(NamedTuple):
     """A latitude/longitude box in degrees: `lat` = (south, north), `lon` = (west, east)."""
     lat: tuple[float, float]
@@ -470,13 +523,13 @@ COUNTRY_BOUNDS: dict[str, LatLonBox] = {
     "spain": LatLonBox(lat=(36.0, 43.8), lon=(-9.3, 3.3)),
 }
 
-# %% ../nbs/01_data.ipynb 98
+# %% ../nbs/01_data.ipynb 108
 IMAGE_SUFFIXES = frozenset(e for e, f in Image.registered_extensions().items() if f in Image.OPEN)
 
 def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
-# %% ../nbs/01_data.ipynb 100
+# %% ../nbs/01_data.ipynb 110
 def _files_under(folder: Path) -> list[str]:
     """Relative POSIX paths of the files under `folder`, sorted (hidden entries and `__MACOSX` skipped)."""
     out = []
@@ -486,7 +539,7 @@ def _files_under(folder: Path) -> list[str]:
         out += [(rel / f).as_posix() for f in files if not f.startswith(".")]
     return sorted(out)
 
-# %% ../nbs/01_data.ipynb 102
+# %% ../nbs/01_data.ipynb 112
 class NameIndex:
     """The files under `folder`, found by relative name exactly or, failing that, after Unicode (NFC) normalisation."""
     def __init__(self, folder: str | Path):
@@ -510,7 +563,7 @@ class NameIndex:
         if not alike:
             return self.folder / name
         self.normalised.append((name, alike[0])); self.used.add(alike[0])
-        FALLBACKS["unicode_name"] += 1
+        note_fallback("unicode_name", f"{name} -> {alike[0]}", f"in {self.folder}")
         return self.folder / alike[0]
 
     def unused(self) -> list[str]:
@@ -525,13 +578,13 @@ class NameIndex:
             log.warning(f"{source}: {len(self.normalised)} image name(s) matched a file in {self.folder} only after "
                         f"Unicode normalisation (NFC/NFD): {shown}{more}")
 
-# %% ../nbs/01_data.ipynb 105
+# %% ../nbs/01_data.ipynb 115
 def _dhash(im: Image.Image) -> int:
     """64-bit difference hash of an image: 9x8 grayscale thumbnail, one bit per left-to-right brightening."""
     g = np.asarray(im.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     return int.from_bytes(np.packbits(g[:, 1:] > g[:, :-1]).tobytes(), "big")
 
-# %% ../nbs/01_data.ipynb 107
+# %% ../nbs/01_data.ipynb 117
 def _image_hashes(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """(sha256 of the decoded pixels, dHash) of every image of a manifest, decoding one image at a time."""
     pixels, dhashes = [], []
@@ -541,7 +594,7 @@ def _image_hashes(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         dhashes.append(_dhash(Image.fromarray(arr)))
     return pixels, np.array(dhashes, dtype=np.uint64)
 
-# %% ../nbs/01_data.ipynb 109
+# %% ../nbs/01_data.ipynb 119
 def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.DataFrame:
     """Pairs of images of manifests `a` and `b` that are the same picture (identical pixels or dHash within `max_hamming` bits)."""
     if not 0 <= max_hamming <= 64:
@@ -560,7 +613,7 @@ def image_overlap(a: pd.DataFrame, b: pd.DataFrame, max_hamming: int = 6) -> pd.
     log.info(f"image_overlap: {len(a)} x {len(b)} images, {len(out)} pair(s) within {max_hamming} bits ({found})")
     return out.sort_values(["image_id_a", "image_id_b"], ignore_index=True)
 
-# %% ../nbs/01_data.ipynb 112
+# %% ../nbs/01_data.ipynb 122
 class ManifestDataset(torch.utils.data.Dataset):
     """Images and captions of a manifest, one random caption per access."""
     def __init__(self, df: pd.DataFrame, transform: Callable, seed: int = 0, cache: bool = False):
@@ -580,7 +633,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         caps = self.df.captions[i]
         return self.transform(self.image(i)), caps[int(self.rng.integers(len(caps)))], i
 
-# %% ../nbs/01_data.ipynb 114
+# %% ../nbs/01_data.ipynb 124
 def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """All captions of a manifest and, for each, the row index of its image."""
     texts, owner = [], []
@@ -588,7 +641,7 @@ def caption_table(df: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
         texts += list(caps); owner += [i] * len(caps)
     return texts, torch.tensor(owner, dtype=torch.long)
 
-# %% ../nbs/01_data.ipynb 117
+# %% ../nbs/01_data.ipynb 127
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str | None = None, **kw) -> tqdm:
     """A tqdm bar over `iterable` on stderr; quiet when stderr is not a terminal or the env var CI is set."""
     kw.setdefault("disable", True if os.environ.get("CI") else None)

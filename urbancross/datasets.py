@@ -5,29 +5,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
+import tempfile
 import zipfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
+from pathlib import Path, PurePosixPath
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
 from .core import Config, Registry, get_logger, local_places, paths
-from .data import (FALLBACKS, SPLITS, Manifest, NameIndex, check_path, clip_captions, make_manifest,
-                             make_splits, read_csv_checked, validate_manifest, warn_clipped)
-from .embedded import ensure_embedded, read_embedded
+from .data import (IMAGE_SUFFIXES, SPLITS, Manifest, NameIndex, blank_text, check_path, clip_captions,
+                             make_manifest, make_splits, note_fallback, read_csv_checked, validate_manifest, warn_clipped)
+from .embedded import embedded_unlisted, ensure_embedded, read_embedded
 from .features import Rows, feature_bank
-from .segments import SegmentCache, SegmentStore, segment_config, segment_manifest, segmenter_from_config
+from .segments import (SegmentCache, SegmentStore, UpstreamSegmentZip, segment_config, segment_manifest,
+                                 segmenter_from_config)
 from .towers import build_model
 from .train import uses_features
 
 # %% auto 0
-__all__ = ['log', 'DATA_README', 'REAL_DATA', 'DATASETS', 'KARPATHY', 'resolve_path', 'data_root', 'readme_hint', 'Dataset',
-           'release_folder', 'release_csv', 'load_urbancross_country', 'unlisted_images', 'KarpathyFiles',
-           'karpathy_paths', 'load_karpathy_json', 'load_profile_data', 'dataset_problems', 'release_segment_zips',
-           'profile_segments', 'profile_bank', 'prepare']
+__all__ = ['log', 'DATA_README', 'REAL_DATA', 'DATASETS', 'SYSTEM_FILES', 'UNPACK_LIMITS', 'UNPACK_FORMAT', 'KARPATHY',
+           'resolve_path', 'data_root', 'readme_hint', 'Dataset', 'release_folder', 'release_csv', 'member_kind',
+           'ImageZipPlan', 'plan_image_zip', 'unpack_problem', 'unpacked_by_us', 'unpack_images',
+           'load_urbancross_country', 'unlisted_images', 'release_archives', 'archive_report', 'KarpathyFiles',
+           'karpathy_paths', 'load_karpathy_json', 'load_profile_data', 'dataset_problems', 'unlisted_rows',
+           'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare']
 
 # %% ../nbs/02_datasets.ipynb 4
 log = get_logger("urbancross.datasets")
@@ -58,12 +65,20 @@ def _nothing_missing(cfg: Config, root: Path) -> list[str]:
 def _no_segments(root: Path, domain: str) -> Path | None:
     return None
 
+def _no_unlisted(cfg: Config, root: Path, domain: str) -> Manifest:
+    return make_manifest([])
+
+def _no_archives(cfg: Config, root: Path) -> list[dict]:
+    return []
+
 @dataclass(frozen=True)
 class Dataset:
     """One dataset: its loader, its check of the files a run needs, where its released segments are."""
     loader: Callable[[Config, Path], Manifest]                 # (cfg, data root) -> manifest
     check: Callable[[Config, Path], list[str]] = _nothing_missing  # (cfg, data root) -> what is missing
     segments: Callable[[Path, str], Path | None] = _no_segments  # (data root, domain) -> released segment zip
+    unlisted: Callable[[Config, Path, str], Manifest] = _no_unlisted  # (cfg, data root, domain) -> uncaptioned rows
+    archives: Callable[[Config, Path], list[dict]] = _no_archives  # (cfg, data root) -> what each archive holds
 
     def load(self, cfg: Config) -> Manifest:
         """The manifest of this dataset under `cfg`."""
@@ -83,7 +98,13 @@ def _load_embedded(cfg: Config, root: Path) -> Manifest:
                                        fractions=cfg.embedded_split, workers=cfg.threads))
     return Manifest(df[df.domain.isin(cfg.domains)].reset_index(drop=True))
 
-DATASETS.register("embedded", Dataset(_load_embedded))
+def _embedded_unlisted(cfg: Config, root: Path, domain: str) -> Manifest:
+    """The unlisted share of `domain` in the embedded dataset of `cfg`'s size (rendered once, `16d`)."""
+    manifest = ensure_embedded(images_per_domain=cfg.images_per_domain, image_size=cfg.tile_size, seed=0,
+                               fractions=cfg.embedded_split, workers=cfg.threads)
+    return embedded_unlisted(manifest, domain)
+
+DATASETS.register("embedded", Dataset(_load_embedded, unlisted=_embedded_unlisted))
 
 # %% ../nbs/02_datasets.ipynb 25
 def release_folder(root: str | Path, country: str) -> Path | None:
@@ -95,51 +116,165 @@ def release_csv(folder: Path, country: str) -> Path:
     """The refined-caption CSV of a country's release folder."""
     return folder / f"instructblip_generation_{country.lower()}_refine.csv"
 
-# %% ../nbs/02_datasets.ipynb 29
-def _extract_zip_once(zip_path: Path, dest: Path) -> Path:
-    """Extract `zip_path` into `dest` once, atomically (a `.complete` marker says it finished)."""
-    marker = dest / ".complete"
-    if marker.exists():
-        return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+# %% ../nbs/02_datasets.ipynb 30
+SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+def member_kind(info: zipfile.ZipInfo) -> str:
+    """'image', 'folder', 'refused' (absolute, `..` or link), 'macOS metadata', 'system file' or 'not an image'."""
+    name = info.filename.replace("\\", "/")
+    parts = name.split("/")
+    if name.startswith("/") or _DRIVE.match(name) or ".." in parts or stat.S_ISLNK(info.external_attr >> 16):
+        return "refused"
+    if name.endswith("/"):
+        return "folder"
+    if parts[0] == "__MACOSX" or parts[-1].startswith("._"):
+        return "macOS metadata"
+    if parts[-1].lower() in SYSTEM_FILES or parts[-1].startswith("."):
+        return "system file"
+    return "image" if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES else "not an image"
+
+# %% ../nbs/02_datasets.ipynb 33
+@dataclass
+class ImageZipPlan:
+    """What `images.zip` holds and what an unpack would write: image members below `root`, skipped, refused."""
+    path: Path
+    members: list[zipfile.ZipInfo]
+    root: str
+    skipped: dict[str, int] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        """Bytes the image members declare in the zip's headers."""
+        return sum(m.file_size for m in self.members)
+
+    def target(self, member: zipfile.ZipInfo) -> str:
+        """The path of `member` below the unpacked folder (its path below `root`)."""
+        return PurePosixPath(member.filename.replace("\\", "/")).relative_to(self.root or ".").as_posix()
+
+# %% ../nbs/02_datasets.ipynb 34
+def plan_image_zip(zip_path: str | Path) -> ImageZipPlan:
+    """Sort the members of an images zip (`member_kind`) and find the folder that holds its images."""
+    zip_path = Path(zip_path)
     try:
         with zipfile.ZipFile(zip_path) as z:
-            z.extractall(tmp)
+            infos = z.infolist()
     except zipfile.BadZipFile as e:
         raise ValueError(f"{zip_path}: not a valid zip file ({e})") from e
-    inner = [p for p in tmp.iterdir()]
-    src = inner[0] if len(inner) == 1 and inner[0].is_dir() else tmp   # zips often hold one top folder
-    src.rename(dest) if not dest.exists() else None
-    (dest / ".complete").write_text(str(zip_path))
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    kinds = [(member_kind(m), m) for m in infos]
+    images = [m for k, m in kinds if k == "image"]
+    folders = [PurePosixPath(m.filename.replace("\\", "/")).parent.as_posix() for m in images]
+    root = os.path.commonpath(folders) if folders else ""
+    skipped = Counter(k for k, _ in kinds if k not in ("image", "folder", "refused"))
+    return ImageZipPlan(zip_path, images, "" if root == "." else root, dict(sorted(skipped.items())),
+                        [m.filename for k, m in kinds if k == "refused"])
+
+# %% ../nbs/02_datasets.ipynb 37
+UNPACK_LIMITS = {"URBANCROSS_UNPACK_MAX_MEMBER": 64 << 20, "URBANCROSS_UNPACK_MAX_TOTAL": 64 << 30}   # bytes
+
+def unpack_problem(plan: ImageZipPlan) -> str | None:
+    """Why `plan` must not be unpacked (a member or the total over its cap, with how to raise it), or None."""
+    limit = {k: int(os.environ.get(k, v)) for k, v in UNPACK_LIMITS.items()}
+    big = [m for m in plan.members if m.file_size > limit["URBANCROSS_UNPACK_MAX_MEMBER"]]
+    what, n, var = ((f"member {big[0].filename!r}", big[0].file_size, "URBANCROSS_UNPACK_MAX_MEMBER") if big else
+                    (f"its {len(plan.members)} images", plan.uncompressed_bytes, "URBANCROSS_UNPACK_MAX_TOTAL"))
+    if n <= limit[var]:
+        return None
+    return (f"{plan.path}: {what} declare {n:,} bytes uncompressed, more than the limit of {limit[var]:,} bytes; "
+            f"nothing was unpacked. If the archive is genuine, raise the limit (environment variable {var}=<bytes>)")
+
+# %% ../nbs/02_datasets.ipynb 40
+UNPACK_FORMAT = 2                         # the `.complete` marker's format; older markers are not trusted
+
+def _zip_stamp(zip_path: Path) -> dict:
+    st = zip_path.stat()
+    return dict(format=UNPACK_FORMAT, zip=zip_path.name, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+def unpacked_by_us(dest: Path, zip_path: Path) -> bool | None:
+    """True: `dest` is a finished unpack of this zip; False: a stale one of ours; None: not ours (or absent)."""
+    marker = dest / ".complete"
+    if not marker.is_file():
+        return None
+    try:
+        made = json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(made, dict) and {k: made.get(k) for k in _zip_stamp(zip_path)} == _zip_stamp(zip_path)
+
+# %% ../nbs/02_datasets.ipynb 41
+def _log_plan(plan: ImageZipPlan) -> None:
+    """Log what `plan` skips (counts, info) and refuses (names, warning)."""
+    if plan.skipped:
+        log.info(f"{plan.path}: {len(plan.members)} images under {plan.root or 'the top'!r}; skipped "
+                 + ", ".join(f"{n} {k}" for k, n in plan.skipped.items()))
+    if plan.refused:
+        log.warning(f"{plan.path}: {len(plan.refused)} member(s) refused (absolute or '..' names, or links, which "
+                    f"could write outside the folder): {', '.join(map(repr, plan.refused[:20]))}"
+                    + (" ..." if len(plan.refused) > 20 else ""))
+
+# %% ../nbs/02_datasets.ipynb 42
+def _write_members(plan: ImageZipPlan, tmp: Path) -> None:
+    """Copy the image members of `plan` below `tmp` and write the marker there."""
+    with zipfile.ZipFile(plan.path) as z:
+        for m in plan.members:
+            out = tmp / plan.target(m)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with z.open(m) as src, open(out, "wb") as f:
+                shutil.copyfileobj(src, f)
+    made = dict(_zip_stamp(plan.path), images=len(plan.members), root=plan.root, skipped=plan.skipped,
+                refused=plan.refused)
+    (tmp / ".complete").write_text(json.dumps(made, indent=1))
+
+# %% ../nbs/02_datasets.ipynb 43
+def unpack_images(zip_path: str | Path, dest: str | Path) -> Path:
+    """`dest` holding the images of `zip_path`: unpacked once, safely (`plan_image_zip`, size caps, atomic)."""
+    zip_path, dest = Path(zip_path), Path(dest)
+    if unpacked_by_us(dest, zip_path):
+        return dest
+    plan = plan_image_zip(zip_path)
+    if (problem := unpack_problem(plan)) is not None:
+        raise ValueError(problem)
+    _log_plan(plan)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
+    try:
+        _write_members(plan, tmp)
+        if unpacked_by_us(dest, zip_path) is False:
+            log.info(f"{dest}: an earlier unpack of another zip or by older code; unpacked again")
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+    except OSError:
+        if not unpacked_by_us(dest, zip_path):       # not another process's finished unpack: a real failure
+            raise
+        log.info(f"{dest}: another process unpacked {zip_path.name} first; using it")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
-# %% ../nbs/02_datasets.ipynb 31
+# %% ../nbs/02_datasets.ipynb 45
 def _release_paths(root: str | Path, country: str) -> tuple[Path, Path]:
-    """(caption CSV, images folder) of one country of the release; `images.zip` is extracted once if need be."""
+    """(caption CSV, images folder) of one country of the release; `images.zip` is unpacked once if need be."""
     folder = release_folder(root, country)
     if folder is None:
         raise FileNotFoundError(f"UrbanCross folder for {country!r} not found (tried {Path(root) / country.capitalize()} "
                                 f"and {Path(root) / country.lower()}); data/README.md says how to fetch the release")
     images = folder / "images"
-    if not images.exists() and (folder / "images.zip").exists():
-        images = _extract_zip_once(folder / "images.zip", images)
+    if (folder / "images.zip").exists() and (not images.exists() or unpacked_by_us(images, folder / "images.zip") is not None):
+        images = unpack_images(folder / "images.zip", images)
     return release_csv(folder, country), images
 
-# %% ../nbs/02_datasets.ipynb 33
+# %% ../nbs/02_datasets.ipynb 47
 def _report_unlisted(index: NameIndex, csv: Path, country: str) -> None:
-    """One warning (and a count) for the image files of `index` that the CSV does not list."""
+    """One warning for the image files of `index` that the CSV does not list; each one noted (`note_fallback`)."""
     unlisted = index.unused()
+    for name in unlisted:
+        note_fallback("unlisted_image", f"{country.lower()}/{name}", f"not in {csv.name}")
     if unlisted:
-        FALLBACKS["unlisted_image"] += len(unlisted)
         log.warning(f"{index.folder}: {len(unlisted)} image file(s) are not listed in {csv.name} and are not in the "
                     f"manifest ({', '.join(map(repr, unlisted[:5]))}{' ...' if len(unlisted) > 5 else ''}); "
                     f"urbancross.datasets.unlisted_images(root, {country.lower()!r}) returns them as unlabeled target images")
 
-# %% ../nbs/02_datasets.ipynb 36
+# %% ../nbs/02_datasets.ipynb 50
 def _release_captions(csv: Path, country: str) -> tuple[dict, dict, dict]:
     """({image_name: captions}, {image_name: lat/lon/tags}, {image_name: its first CSV line}), every row checked."""
     df = read_csv_checked(csv, ["image_name", "description"])
@@ -147,12 +282,12 @@ def _release_captions(csv: Path, country: str) -> tuple[dict, dict, dict]:
     extra: dict[str, dict] = {}
     name_of_id: dict[str, tuple[str, int]] = {}
     repeated, clipped = [], []
-    for i, r in enumerate(df.itertuples(index=False)):
-        line = i + 2
-        if not str(r.image_name).strip():
+    for line, r in zip(df.attrs["lines"], df.itertuples(index=False)):
+        if blank_text(r.image_name):
             raise ValueError(f"{csv}: line {line}: empty image_name")
-        if not str(r.description).strip():
-            raise ValueError(f"{csv}: line {line} (image_name={r.image_name!r}): empty caption")
+        if blank_text(r.description):
+            raise ValueError(f"{csv}: line {line} (image_name={r.image_name!r}): empty caption (nothing but "
+                             f"whitespace or invisible characters: {r.description!r})")
         image_id = f"{country.lower()}/{Path(r.image_name).stem}"
         first_name, first_line = name_of_id.setdefault(image_id, (r.image_name, line))
         if first_name != r.image_name:
@@ -169,7 +304,7 @@ def _release_captions(csv: Path, country: str) -> tuple[dict, dict, dict]:
                     f"(lines {repeated[:10]}{' ...' if len(repeated) > 10 else ''})")
     return captions, extra, {n: l for n, l in name_of_id.values()}
 
-# %% ../nbs/02_datasets.ipynb 38
+# %% ../nbs/02_datasets.ipynb 52
 def _release_splits(csv: Path, names: list[str], seed: int) -> dict[str, str]:
     """{image_name: split} from the `<split>_list.txt` files beside the CSV when all three exist, else made with `seed`."""
     split_files = {s: csv.parent / f"{s}_list.txt" for s in SPLITS}
@@ -177,7 +312,7 @@ def _release_splits(csv: Path, names: list[str], seed: int) -> dict[str, str]:
         return {n.strip(): s for s, p in split_files.items() for n in p.read_text().splitlines() if n.strip()}
     return make_splits(names, seed)
 
-# %% ../nbs/02_datasets.ipynb 41
+# %% ../nbs/02_datasets.ipynb 55
 def load_urbancross_country(root: str | Path, country: str, seed: int = 0, check_images: bool = True) -> Manifest:
     """Manifest of one country of the UrbanCross release under `root/<Country>/`."""
     csv, images = _release_paths(root, country)
@@ -200,7 +335,7 @@ def load_urbancross_country(root: str | Path, country: str, seed: int = 0, check
         _report_unlisted(index, csv, country)
     return validate_manifest(make_manifest(rows), str(csv))
 
-# %% ../nbs/02_datasets.ipynb 48
+# %% ../nbs/02_datasets.ipynb 62
 def unlisted_images(root: str | Path, country: str) -> Manifest:
     """The images of a release country's folder that its caption CSV does not list: a manifest with empty captions."""
     csv, images = _release_paths(root, country)
@@ -223,7 +358,7 @@ def unlisted_images(root: str | Path, country: str) -> Manifest:
     log.info(f"{images}: {len(rows)} image(s) not listed in {csv.name}, offered as unlabeled target images")
     return validate_manifest(make_manifest(rows), f"unlisted images of {images}", captions_required=False)
 
-# %% ../nbs/02_datasets.ipynb 51
+# %% ../nbs/02_datasets.ipynb 65
 def _release_problems(cfg: Config, root: Path) -> list[str]:
     """What the release under `root` lacks for `cfg.domains`: a country folder, its caption CSV, its images."""
     out = []
@@ -238,20 +373,70 @@ def _release_problems(cfg: Config, root: Path) -> list[str]:
             out.append(readme_hint(f"{folder} has neither images.zip nor images/", REAL_DATA))
     return out
 
-# %% ../nbs/02_datasets.ipynb 53
+# %% ../nbs/02_datasets.ipynb 67
 def _release_segments(root: Path, domain: str) -> Path | None:
     """The `image_segments.zip` a release country ships, or None."""
     folder = release_folder(root, domain)
     return folder / "image_segments.zip" if folder is not None and (folder / "image_segments.zip").is_file() else None
 
-# %% ../nbs/02_datasets.ipynb 55
+# %% ../nbs/02_datasets.ipynb 70
+def _images_row(folder: Path, domain: str) -> dict:
+    """The preflight row of a country's images: its images.zip (planned, not unpacked) or its own images/ folder."""
+    zp, images = folder / "images.zip", folder / "images"
+    if not zp.is_file() or (images.is_dir() and unpacked_by_us(images, zp) is None):
+        n = len(NameIndex(images).unused()) if images.is_dir() else 0
+        return dict(domain=domain, archive=str(images), kind="images folder", images=n, state="used as it is")
+    try:
+        plan = plan_image_zip(zp)
+    except ValueError as e:
+        return dict(domain=domain, archive=str(zp), kind="images", problem=str(e))
+    return dict(domain=domain, archive=str(zp), kind="images", images=len(plan.members), root=plan.root,
+                skipped=plan.skipped, refused=plan.refused, uncompressed_bytes=plan.uncompressed_bytes,
+                compressed_bytes=zp.stat().st_size, problem=unpack_problem(plan),
+                state="unpacked" if unpacked_by_us(images, zp) else "to unpack into images/")
+
+# %% ../nbs/02_datasets.ipynb 71
+def _segments_row(zp: Path, domain: str) -> dict:
+    """The preflight row of a country's image_segments.zip: image folders, empty ones, skipped members."""
+    try:
+        with UpstreamSegmentZip(zp) as uz:
+            empty = [s for s in uz.stems() if not uz.count(s)]
+            names = uz._zip.namelist()
+            return dict(domain=domain, archive=str(zp), kind="segments", images=len(uz.stems()) - len(empty),
+                        empty=len(empty), empty_first=empty[:5], compressed_bytes=zp.stat().st_size,
+                        skipped={"macOS metadata": sum(n.startswith("__MACOSX/") for n in names)}, state="read in place")
+    except (ValueError, FileNotFoundError) as e:
+        return dict(domain=domain, archive=str(zp), kind="segments", problem=str(e))
+
+# %% ../nbs/02_datasets.ipynb 72
+def release_archives(root: str | Path, domains: Sequence[str]) -> list[dict]:
+    """One row per archive (images, segments) of each release country of `domains` under `root`: what a run will use."""
+    rows = []
+    for d in domains:
+        if (folder := release_folder(root, d)) is None:
+            continue
+        rows.append(_images_row(folder, d))
+        if (folder / "image_segments.zip").is_file():
+            rows.append(_segments_row(folder / "image_segments.zip", d))
+    return rows
+
+# %% ../nbs/02_datasets.ipynb 73
+def archive_report(cfg: Config) -> list[dict]:
+    """What each archive of `cfg`'s dataset holds and what the run will use of it (empty for datasets without any)."""
+    return DATASETS.get(cfg.data_source).archives(cfg, data_root(cfg)) if cfg.data_source in DATASETS else []
+
+# %% ../nbs/02_datasets.ipynb 75
 def _load_release(cfg: Config, root: Path) -> Manifest:
     """The countries `cfg.domains` of the release, one after the other."""
     return Manifest(pd.concat([load_urbancross_country(root, d, seed=cfg.seed) for d in cfg.domains], ignore_index=True))
 
-DATASETS.register("urbancross", Dataset(_load_release, _release_problems, _release_segments))
+def _release_unlisted(cfg: Config, root: Path, domain: str) -> Manifest:
+    return unlisted_images(root, domain)
 
-# %% ../nbs/02_datasets.ipynb 58
+DATASETS.register("urbancross", Dataset(_load_release, _release_problems, _release_segments, _release_unlisted,
+                                        lambda cfg, root: release_archives(root, cfg.domains)))
+
+# %% ../nbs/02_datasets.ipynb 78
 class KarpathyFiles(NamedTuple):
     """Where a Karpathy-format dataset lives under the data root: its folder and its caption JSON in it."""
     folder: str
@@ -259,13 +444,13 @@ class KarpathyFiles(NamedTuple):
 
 KARPATHY = {"rsicd": KarpathyFiles("RSICD", "dataset_rsicd.json"), "rsitmd": KarpathyFiles("RSITMD", "dataset_RSITMD.json")}
 
-# %% ../nbs/02_datasets.ipynb 60
+# %% ../nbs/02_datasets.ipynb 80
 def karpathy_paths(root: str | Path, name: str) -> tuple[Path, Path]:
     """(caption JSON, images folder) of the Karpathy-format dataset `name` under the data root `root`."""
     files = KARPATHY[name]
     return Path(root) / files.folder / files.json, Path(root) / files.folder / "images"
 
-# %% ../nbs/02_datasets.ipynb 62
+# %% ../nbs/02_datasets.ipynb 82
 def _karpathy_items(json_path: Path) -> list[dict]:
     """The `images` list of a caption JSON; a missing or foreign file is an error naming it."""
     if not json_path.exists():
@@ -275,14 +460,14 @@ def _karpathy_items(json_path: Path) -> list[dict]:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{json_path}: not a caption JSON with an 'images' list: {e}") from e
 
-# %% ../nbs/02_datasets.ipynb 64
+# %% ../nbs/02_datasets.ipynb 84
 def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: str, seed: int = 0,
                        check_images: bool = True) -> Manifest:
     """Manifest of an RSICD/RSITMD-style caption JSON."""
     json_path, images_dir = Path(json_path), Path(images_dir)
     items = _karpathy_items(json_path)
     fallback = make_splits([it.get("filename", "") for it in items], seed)
-    rows, clipped, seen, index = [], [], {}, None
+    rows, clipped, seen, index, restval = [], [], {}, None, 0
     for i, it in enumerate(items):
         if "filename" not in it or "sentences" not in it:
             raise ValueError(f"{json_path}: images[{i}] lacks 'filename' or 'sentences'")
@@ -290,7 +475,7 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
             raise ValueError(f"{json_path}: images[{j}] and images[{i}] ({it['filename']!r}) give the same "
                              f"image_id {domain + '/' + Path(it['filename']).stem!r}")
         caps = [(s.get("raw") or " ".join(s.get("tokens", []))).strip() for s in it["sentences"]]
-        if not caps or not all(caps):
+        if not caps or any(blank_text(c) for c in caps):
             raise ValueError(f"{json_path}: images[{i}] ({it['filename']!r}): empty caption")
         caps = clip_captions(caps, f"images[{i}]", clipped)
         path = images_dir / it["filename"]
@@ -300,35 +485,38 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
         if check_images:
             check_path(path, f"{json_path}: images[{i}]: image")
         split = {"restval": "train"}.get(it.get("split"), it.get("split")) or fallback[it["filename"]]
+        restval += it.get("split") == "restval"
         rows.append(dict(image_id=f"{domain}/{Path(it['filename']).stem}", image_path=str(path), captions=caps,
                          domain=domain, split=split))
     warn_clipped(json_path, clipped)
+    if restval:
+        log.info(f"{json_path}: {restval} image(s) of split 'restval' (Karpathy's rest of val) folded into train")
     if index is not None:
         index.log_normalised(json_path)
     return validate_manifest(make_manifest(rows), str(json_path))
 
-# %% ../nbs/02_datasets.ipynb 67
+# %% ../nbs/02_datasets.ipynb 87
 def _load_karpathy(name: str, cfg: Config, root: Path) -> Manifest:
     """The Karpathy-format dataset `name` under the data root, its domain named `name`."""
     return load_karpathy_json(*karpathy_paths(root, name), name, seed=cfg.seed)
 
-# %% ../nbs/02_datasets.ipynb 69
+# %% ../nbs/02_datasets.ipynb 89
 def _karpathy_problems(name: str, cfg: Config, root: Path) -> list[str]:
     """What the Karpathy-format dataset `name` lacks under the data root: its caption JSON, its images folder."""
     json_path, images = karpathy_paths(root, name)
     return [readme_hint(f"{name.upper()} {kind} {p} does not exist", REAL_DATA)
             for p, kind, ok in ((json_path, "file", json_path.is_file()), (images, "folder", images.is_dir())) if not ok]
 
-# %% ../nbs/02_datasets.ipynb 71
+# %% ../nbs/02_datasets.ipynb 91
 for _name in KARPATHY:
     DATASETS.register(_name, Dataset(partial(_load_karpathy, _name), partial(_karpathy_problems, _name)))
 
-# %% ../nbs/02_datasets.ipynb 74
+# %% ../nbs/02_datasets.ipynb 94
 def load_profile_data(cfg: Config) -> Manifest:
     """The manifest of `cfg.data_source` (a name in `DATASETS`) restricted to `cfg.domains` where they apply."""
     return DATASETS.get(cfg.data_source).load(cfg)
 
-# %% ../nbs/02_datasets.ipynb 76
+# %% ../nbs/02_datasets.ipynb 96
 def dataset_problems(cfg: Config, name: str | None = None) -> list[str]:
     """What a run under `cfg` would miss of dataset `name` (default `cfg.data_source`), each naming where to get it."""
     name = cfg.data_source if name is None else name
@@ -336,13 +524,18 @@ def dataset_problems(cfg: Config, name: str | None = None) -> list[str]:
         return [f"data_source={name!r} is not a dataset; choose one of {sorted(DATASETS)}"]
     return DATASETS.get(name).problems(cfg)
 
-# %% ../nbs/02_datasets.ipynb 79
+# %% ../nbs/02_datasets.ipynb 99
+def unlisted_rows(cfg: Config, domain: str) -> Manifest:
+    """The unlisted images of `domain` in `cfg.data_source`: manifest rows without captions (split 'train')."""
+    return Manifest(DATASETS.get(cfg.data_source).unlisted(cfg, data_root(cfg), domain))
+
+# %% ../nbs/02_datasets.ipynb 102
 def release_segment_zips(cfg: Config, df: Manifest) -> dict[str, Path]:
     """{domain: its released segment zip} for the domains of `df` whose dataset (`cfg.data_source`) ships one."""
     dataset, root = DATASETS.get(cfg.data_source), data_root(cfg)
     return {d: z for d in sorted(set(df.domain)) if (z := dataset.segments(root, d)) is not None}
 
-# %% ../nbs/02_datasets.ipynb 82
+# %% ../nbs/02_datasets.ipynb 105
 def profile_segments(cfg: Config, df: Manifest, cache_root: str | Path | None = None) -> tuple:
     """(`SegmentStore` of the first `cfg.num_seg_stored` segments of every image, read on access; cache stats)."""
     root = Path(cache_root) if cache_root else paths()["cache"]
@@ -354,7 +547,7 @@ def profile_segments(cfg: Config, df: Manifest, cache_root: str | Path | None = 
              f"in {stats['seconds']:.1f} s")
     return SegmentStore(table, cfg.num_seg_stored), stats
 
-# %% ../nbs/02_datasets.ipynb 84
+# %% ../nbs/02_datasets.ipynb 107
 def profile_bank(cfg: Config, df: Manifest, model=None, cache_root: str | Path | None = None,
                  segments: Mapping | None = None) -> tuple:
     """(FeatureBank with segments, the model whose frozen trunks made it) for the manifest `df`."""
@@ -364,7 +557,7 @@ def profile_bank(cfg: Config, df: Manifest, model=None, cache_root: str | Path |
         segments, _ = profile_segments(cfg, df, root)
     return feature_bank(cfg, model, df, root / "features", segments), model
 
-# %% ../nbs/02_datasets.ipynb 87
+# %% ../nbs/02_datasets.ipynb 110
 def prepare(cfg: Config, df: Manifest, model=None, cache_root: str | Path | None = None,
             segments: Mapping | None = None) -> tuple[Rows, Mapping, object]:
     """(rows for the training core: a FeatureBank or the manifest, segments, model) under `cfg`'s regime."""

@@ -70,9 +70,18 @@ def _segment_members(stem: str, tile: Image.Image, rng: np.random.Generator) -> 
     members.insert(1, (f"image_segments/{stem}/{stem}.jpg", _jpeg(Image.fromarray(overlay.astype(np.uint8)))))
     return members
 
-# %% ../nbs/16_fixtures.ipynb 15
+# %% ../nbs/16_fixtures.ipynb 16
+def _unlisted_members(domain: str, first: int, n: int, seed: int, image_size: int) -> list[tuple[str, bytes]]:
+    """Zip members of `n` tiles with ids `first`, `first + 1`, ... (not in the CSV), and Finder's two extra entries."""
+    stems = [f"{domain}_{i:04d}" for i in range(first, first + n)]
+    tiles = [(f"images/{s}.jpg", _jpeg(generate_tile(domain, first + j, seed, image_size)[0])) for j, s in enumerate(stems)]
+    if not n:
+        return []
+    return tiles + [(f"__MACOSX/images/._{stems[0]}.jpg", b"\x00\x05\x16\x07Mac OS X"), ("images/.DS_Store", b"\x00\x00\x00\x01Bud1")]
+
+# %% ../nbs/16_fixtures.ipynb 18
 def write_release_fixture(root: str | Path, images_per_domain: int = 12, image_size: int = 64, seed: int = 0,
-                          segment_share: float = 0.5, captions_per_image: int = 2) -> dict:
+                          segment_share: float = 0.5, captions_per_image: int = 2, unlisted_per_domain: int = 2) -> dict:
     """Write Finland/, Germany/, Spain/ in the UrbanCross release layout under `root`; counts per country."""
     if not 0 <= segment_share <= 1 or not 1 <= captions_per_image <= 5:
         raise ValueError(f"segment_share={segment_share} must be in [0, 1] and captions_per_image={captions_per_image} in 1..5")
@@ -81,7 +90,8 @@ def write_release_fixture(root: str | Path, images_per_domain: int = 12, image_s
         domain, folder = country.lower(), Path(root) / country
         tiles = [generate_tile(domain, i, seed, image_size) for i in range(images_per_domain)]
         stems = [f"{domain}_{i:04d}" for i in range(images_per_domain)]
-        _write_zip(folder / "images.zip", [("images/", b"")] + [(f"images/{s}.jpg", _jpeg(t[0])) for s, t in zip(stems, tiles)])
+        _write_zip(folder / "images.zip", [("images/", b"")] + [(f"images/{s}.jpg", _jpeg(t[0])) for s, t in zip(stems, tiles)]
+                   + _unlisted_members(domain, images_per_domain, unlisted_per_domain, seed, image_size))
         rows = [dict(image_name=f"{s}.jpg", description=c) for s, t in zip(stems, tiles) for c in t[1][:captions_per_image]]
         with atomic_write(release_csv(folder, domain), "w", encoding="utf-8-sig") as f:
             pd.DataFrame(rows, columns=["image_name", "description"]).to_csv(f, index=False, lineterminator="\n")
@@ -90,23 +100,23 @@ def write_release_fixture(root: str | Path, images_per_domain: int = 12, image_s
         members = [("image_segments/", b"")] + [m for i in chosen for m in _segment_members(stems[i], tiles[i][0], rng)]
         _write_zip(folder / "image_segments.zip", members)
         out[domain] = dict(folder=str(folder), images=images_per_domain, captions=len(rows), segmented=len(chosen),
-                           segmented_stems=[stems[i] for i in chosen])
+                           segmented_stems=[stems[i] for i in chosen], unlisted=unlisted_per_domain)
     log.info(f"release fixture in {root}: " + ", ".join(f"{d} {v['images']} images / {v['captions']} captions / "
                                                         f"{v['segmented']} with release segments" for d, v in out.items()))
     return out
 
-# %% ../nbs/16_fixtures.ipynb 22
+# %% ../nbs/16_fixtures.ipynb 25
 def _tokens(caption: str) -> list[str]:
     """Karpathy-style tokens: lower-case words without punctuation."""
     return re.findall(r"[a-z0-9]+", caption.lower())
 
-# %% ../nbs/16_fixtures.ipynb 24
+# %% ../nbs/16_fixtures.ipynb 27
 def _karpathy_item(filename: str, imgid: int, split: str, captions: list[str]) -> dict:
     """One `images[]` entry of a Karpathy caption JSON (sentence ids 5 * imgid + k)."""
     sents = [dict(raw=c, tokens=_tokens(c), imgid=imgid, sentid=5 * imgid + j) for j, c in enumerate(captions[:5])]
     return dict(filename=filename, imgid=imgid, split=split, sentids=[s["sentid"] for s in sents], sentences=sents)
 
-# %% ../nbs/16_fixtures.ipynb 26
+# %% ../nbs/16_fixtures.ipynb 29
 def _splits_with_test(names: list[str], forced_test: list[str], seed: int) -> dict[str, str]:
     """70/10/20 splits of `names` (rounded) in which every name of `forced_test` is a test image."""
     n = len(names); n_val = int(round(0.1 * n)); n_test = max(1, n - int(round(0.7 * n)) - n_val)
@@ -116,7 +126,7 @@ def _splits_with_test(names: list[str], forced_test: list[str], seed: int) -> di
     val = rest[max(0, n_test - len(forced_test)):][:n_val]
     return {x: "test" if x in test else ("val" if x in val else "train") for x in names}
 
-# %% ../nbs/16_fixtures.ipynb 28
+# %% ../nbs/16_fixtures.ipynb 31
 def _write_karpathy(folder: Path, json_name: str, dataset: str, items: list[tuple[str, bytes, str, list[str]]]) -> Path:
     """Write `folder/images/*` and `folder/<json_name>` from `(filename, jpeg bytes, split, captions)` items."""
     for name, data, _, _ in items:
@@ -127,7 +137,7 @@ def _write_karpathy(folder: Path, json_name: str, dataset: str, items: list[tupl
         json.dump(doc, f, ensure_ascii=False)
     return folder / json_name
 
-# %% ../nbs/16_fixtures.ipynb 30
+# %% ../nbs/16_fixtures.ipynb 33
 def write_karpathy_fixture(root: str | Path, images: int = 20, image_size: int = 64, overlap: int = 5, seed: int = 0) -> dict:
     """Write RSICD/ and RSITMD/ (Karpathy JSON + images) under `root`, RSITMD reusing `overlap` RSICD images."""
     if images < 10 or not 0 <= overlap <= images // 2:
@@ -168,7 +178,7 @@ def write_karpathy_fixture(root: str | Path, images: int = 20, image_size: int =
              f"RSICD images ({out['overlap_in_rsitmd_test']} of them in RSITMD's test split)")
     return out
 
-# %% ../nbs/16_fixtures.ipynb 36
+# %% ../nbs/16_fixtures.ipynb 39
 def _tiny_clip_state(seed: int, image_size: int, context_length: int) -> dict:
     """State dict of a seeded, randomly initialised 'UC-TinyViT' open_clip model."""
     cfg = get_config("smoke", model_name="UC-TinyViT", pretrained="", image_size=image_size, context_length=context_length)
@@ -177,7 +187,7 @@ def _tiny_clip_state(seed: int, image_size: int, context_length: int) -> dict:
         clip, _, _ = TOWERS["UC-TinyViT"](cfg)
     return clip.state_dict()
 
-# %% ../nbs/16_fixtures.ipynb 39
+# %% ../nbs/16_fixtures.ipynb 42
 def write_tiny_weights(folder: str | Path, seed: int = 0, image_size: int = 32, context_length: int = 16) -> dict:
     """A tiny SAM checkpoint, tiny InstructBLIP folder and tiny CLIP state dict in `folder`; their paths."""
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ from fastcore.basics import patch
 from PIL import Image, UnidentifiedImageError
 
 from .core import Config, Registry, atomic_write, get_device, get_logger, local_places, paths, project_root, safe_torch_load
-from .data import (FALLBACKS, ImageLoadError, load_image, pixel_limit_enforced, progress, too_many_pixels,
-                              upright)
+from .data import (FALLBACKS, ImageLoadError, load_image, note_fallback, pixel_limit_enforced, progress,
+                              too_many_pixels, upright)
 
 # %% auto 0
 __all__ = ['log', 'SEGMENTERS', 'CACHE_FORMAT', 'RELEASE_SOURCE', 'SEGMENT_TABLE_COLUMNS', 'Mask', 'mask_bbox', 'make_mask',
@@ -644,7 +644,7 @@ def _stem(self: UpstreamSegmentZip, stem: str) -> str | None:
         return None
     if stem not in self._logged_lookalikes:
         self._logged_lookalikes.add(stem)
-        FALLBACKS["unicode_name"] += 1
+        note_fallback("unicode_name", f"{stem} -> {alike[0]}", f"segment folder in {self.path}")
         log.info(f"{self.path}: image stem {ascii(stem)} matched segment folder {ascii(alike[0])} only after "
                  "Unicode normalisation (NFC/NFD)")
     return alike[0]
@@ -814,19 +814,36 @@ def _compute_pending(pending: list[tuple[int, str, str]], rows: list[dict], segm
             cache.save(ihash, chash, seg)
             rows[i] = _table_row(rows[i]["image_id"], ihash, cache.path(ihash, chash), seg, num_seg, segmenter.name)
 
-# %% ../nbs/03_segments.ipynb 204
+# %% ../nbs/03_segments.ipynb 205
+def _note_release_miss(zf: UpstreamSegmentZip, stem: str, image_id: str, domain: str, missed: dict) -> None:
+    """Note an image whose release segments are an empty folder or missing (`note_fallback`); kept in `missed[domain]`."""
+    kind = "empty" if zf._stem(stem) is not None else "missing"
+    note_fallback(f"release_segments_{kind}", image_id, f"{zf.path.name}: segmented by the configured backend instead")
+    missed.setdefault(domain, {"empty": [], "missing": []})[kind].append(image_id)
+
+# %% ../nbs/03_segments.ipynb 206
+def _named(ids: list[str], k: int = 5) -> str:
+    """The first `k` of `ids`, then how many more."""
+    return ", ".join(ids[:k]) + (f" and {len(ids) - k} more" if len(ids) > k else "")
+
+# %% ../nbs/03_segments.ipynb 208
 def _log_segment_run(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, chash: str,
-                     zips: dict[str, tuple[UpstreamSegmentZip, str]], per_zip: Counter, n: Counter, stats: dict) -> None:
-    """The log lines of a `segment_manifest` run: one per release zip, then the totals."""
+                     zips: dict[str, tuple[UpstreamSegmentZip, str]], per_zip: Counter, n: Counter, stats: dict,
+                     missed: dict | None = None) -> None:
+    """The log lines of a `segment_manifest` run: one per release zip (a warning naming its misses), then the totals."""
     for domain, (zf, zhash) in zips.items():
         total = int((df.domain == domain).sum())
+        if (m := (missed or {}).get(domain)):
+            log.warning(f"segments: {zf.path}: {len(m['empty'])} '{domain}' image(s) with an empty segment folder "
+                        f"({_named(m['empty']) or 'none'}) and {len(m['missing'])} without one ({_named(m['missing']) or 'none'}) "
+                        f"are segmented by {segmenter.name} instead (fallback_summary() counts them)")
         log.info(f"segments: {per_zip[domain]} of {total} '{domain}' images from release zip {zf.path} "
                  f"(config {zhash[:16]}), {total - per_zip[domain]} by {segmenter.name}")
     log.info(f"segments: backend {segmenter.name}, config {chash[:16]} in {cache.root}: {len(df)} images "
              f"({stats['from_release']} from release zips), {n['hits']} hits, {n['misses']} misses "
              f"({n['corrupt']} corrupt recomputed) in {stats['seconds']:.2f} s")
 
-# %% ../nbs/03_segments.ipynb 208
+# %% ../nbs/03_segments.ipynb 212
 def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache, num_seg: int = 10,
                      cfg: SegmentConfig | None = None, on_corrupt: str = "recompute",
                      release: Mapping[str, str | Path] | None = None, workers: int = 1) -> tuple[pd.DataFrame, dict]:
@@ -834,7 +851,7 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
     pooled = _pooled_misses(df, segmenter, on_corrupt, release, workers)
     cfg = cfg or SegmentConfig()
     chash = _describe_segmenter(cache, segmenter, cfg)
-    rows, pending, n, per_zip, t0 = [], [], Counter(hits=0, misses=0, corrupt=0), Counter(), time.perf_counter()
+    rows, pending, n, per_zip, missed, t0 = [], [], Counter(hits=0, misses=0, corrupt=0), Counter(), {}, time.perf_counter()
     with ExitStack() as stack:
         zips = open_release(release, cfg, cache, stack)
         bar = stack.enter_context(progress(df.itertuples(index=False), total=len(df), desc=f"segments ({segmenter.name})",
@@ -848,6 +865,7 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
                 source, key, make = RELEASE_SOURCE, zhash, partial(release_segments, zf, stem, image, cfg)
                 per_zip[r.domain] += 1
             else:
+                _note_release_miss(zf, stem, r.image_id, r.domain, missed) if zf is not None else None
                 source, key, make = segmenter.name, chash, partial(segment_image, image, segmenter, cfg)
             if pooled and source != RELEASE_SOURCE:             # a miss is left to the worker processes below
                 seg, bad = load_cached(cache, ihash, key, on_corrupt, r.image_id)
@@ -863,21 +881,21 @@ def segment_manifest(df: pd.DataFrame, segmenter: Segmenter, cache: SegmentCache
     if pending:
         _compute_pending(pending, rows, segmenter, cfg, workers, cache, chash, num_seg)
     stats = dict(images=len(df), **n, from_release=sum(per_zip.values()), seconds=time.perf_counter() - t0)
-    _log_segment_run(df, segmenter, cache, chash, zips, per_zip, n, stats)
+    _log_segment_run(df, segmenter, cache, chash, zips, per_zip, n, stats, missed)
     return pd.DataFrame(rows, columns=SEGMENT_TABLE_COLUMNS), stats
 
-# %% ../nbs/03_segments.ipynb 210
+# %% ../nbs/03_segments.ipynb 214
 def read_segments(path: str | Path, num_seg: int = 10, image_hash: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(crops [num_seg, S, S, 3] uint8, valid [num_seg] bool) of one verified cache entry (of `image_hash`, if given)."""
     return load_segments_file(path, image_hash).take(num_seg)
 
-# %% ../nbs/03_segments.ipynb 213
+# %% ../nbs/03_segments.ipynb 217
 def stack_segments(table: pd.DataFrame, num_seg: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Stack the entries of a `segment_manifest` table: crops [N, num_seg, S, S, 3], valid [N, num_seg]."""
     pairs = [read_segments(p, num_seg) for p in table.segment_path]
     return np.stack([c for c, _ in pairs]), np.stack([v for _, v in pairs])
 
-# %% ../nbs/03_segments.ipynb 233
+# %% ../nbs/03_segments.ipynb 237
 class SegmentStore(Mapping):
     """Read-only `{image_id: (crops [num_seg, S, S, 3] uint8, valid [num_seg] bool)}` read from the cache on access."""
     def __init__(self, table: pd.DataFrame, num_seg: int = 10):

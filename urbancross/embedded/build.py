@@ -21,16 +21,17 @@ import pandas as pd
 from PIL import Image
 
 from ..core import atomic_write, get_logger, project_root
-from ..data import MANIFEST_COLUMNS, make_splits, read_manifest, validate_manifest, write_manifest
+from ..data import (MANIFEST_COLUMNS, make_manifest, make_splits, read_manifest, validate_manifest,
+                            verify_checksums, write_checksums, write_manifest)
 from .captions import describe_scene, scene_tags, terse_captions
 from .render import render_scene
 from .scenes import DOMAINS, Scene, sample_scene
 
 # %% auto 0
-__all__ = ['log', 'GENERATOR_VERSION', 'RAW_CAPTIONS_FILE', 'generate_tile', 'tile_raw_captions', 'generate_embedded',
-           'pixel_sha256', 'build_embedded', 'verify_embedded', 'read_embedded', 'embedded_dir', 'ensure_embedded',
-           'colour_thumbnails', 'nearest_centroid_accuracy', 'domain_colour_stats', 'caption_uniqueness',
-           'plot_samples']
+__all__ = ['log', 'GENERATOR_VERSION', 'RAW_CAPTIONS_FILE', 'UNLISTED_SHARE', 'generate_tile', 'tile_raw_captions',
+           'generate_embedded', 'pixel_sha256', 'build_embedded', 'verify_embedded', 'read_embedded', 'embedded_dir',
+           'ensure_embedded', 'unlisted_count', 'ensure_unlisted', 'embedded_unlisted', 'colour_thumbnails',
+           'nearest_centroid_accuracy', 'domain_colour_stats', 'caption_uniqueness', 'plot_samples']
 
 # %% ../../nbs/16d_embedded_build.ipynb 7
 log = get_logger("urbancross.embedded")
@@ -251,6 +252,48 @@ def ensure_embedded(root: str | Path | None = None, images_per_domain: int = 200
     return root / "manifest.csv"
 
 # %% ../../nbs/16d_embedded_build.ipynb 60
+UNLISTED_SHARE = 0.1                  # unlisted tiles per domain, as a share of the listed ones (at least one)
+
+def unlisted_count(images_per_domain: int) -> int:
+    """How many unlisted tiles a domain of `images_per_domain` listed tiles has."""
+    return max(1, round(UNLISTED_SHARE * images_per_domain))
+
+# %% ../../nbs/16d_embedded_build.ipynb 62
+def ensure_unlisted(manifest_path: str | Path) -> Path:
+    """The `unlisted/` folder beside an embedded dataset's manifest, its tiles rendered once (atomically) if need be."""
+    root = Path(manifest_path).parent
+    out, params = root / "unlisted", json.loads((root / "params.json").read_text())
+    if (out / "SHA256SUMS").is_file():
+        verify_checksums(out / "SHA256SUMS")
+        return out
+    n, tmp = params["images_per_domain"], Path(tempfile.mkdtemp(dir=root, prefix=".unlisted.tmp-"))
+    try:
+        files = []
+        for d in params["domains"]:
+            (tmp / "images" / d).mkdir(parents=True)
+            rows = _render_tiles(d, range(n, n + unlisted_count(n)), params["seed"], params["image_size"], str(tmp / "images" / d))
+            files += [r["image_path"] for r in rows]
+        write_checksums(files, tmp / "SHA256SUMS")
+        os.rename(tmp, out)
+    except OSError:
+        if not (out / "SHA256SUMS").is_file():       # not another process's finished folder: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+# %% ../../nbs/16d_embedded_build.ipynb 63
+def embedded_unlisted(manifest_path: str | Path, domain: str) -> pd.DataFrame:
+    """The unlisted tiles of `domain` of an embedded dataset: manifest rows with empty captions, split 'train'."""
+    params = json.loads((Path(manifest_path).parent / "params.json").read_text())
+    if domain not in params["domains"]:
+        raise ValueError(f"{manifest_path}: domain {domain!r} is not in this embedded dataset ({params['domains']})")
+    folder, n = ensure_unlisted(manifest_path) / "images" / domain, params["images_per_domain"]
+    ids = [f"{domain}_{i:04d}" for i in range(n, n + unlisted_count(n))]
+    rows = [dict(image_id=i, image_path=str(folder / f"{i}.png"), captions=[], domain=domain, split="train") for i in ids]
+    return validate_manifest(make_manifest(rows), f"unlisted images of {manifest_path}", captions_required=False)
+
+# %% ../../nbs/16d_embedded_build.ipynb 67
 def colour_thumbnails(df: pd.DataFrame, size: int = 8) -> np.ndarray:
     """`size` x `size` RGB thumbnails of the manifest's images, flattened, in [0, 1]."""
     out = []
@@ -259,7 +302,7 @@ def colour_thumbnails(df: pd.DataFrame, size: int = 8) -> np.ndarray:
             out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BOX), float).ravel() / 255)
     return np.stack(out)
 
-# %% ../../nbs/16d_embedded_build.ipynb 63
+# %% ../../nbs/16d_embedded_build.ipynb 70
 def nearest_centroid_accuracy(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list) -> float:
     """Accuracy of a nearest-class-mean classifier fitted on (train_x, train_y), scored on (test_x, test_y)."""
     labels = sorted(set(train_y))
@@ -267,7 +310,7 @@ def nearest_centroid_accuracy(train_x: np.ndarray, train_y: list, test_x: np.nda
     pred = np.array(labels)[((test_x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)]
     return float((pred == np.array(test_y)).mean())
 
-# %% ../../nbs/16d_embedded_build.ipynb 66
+# %% ../../nbs/16d_embedded_build.ipynb 73
 def domain_colour_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Mean R, G, B, brightness and colourfulness of each domain's images."""
     x = colour_thumbnails(df, 16).reshape(len(df), -1, 3)
@@ -275,7 +318,7 @@ def domain_colour_stats(df: pd.DataFrame) -> pd.DataFrame:
                           "brightness": x.mean((1, 2)), "saturation": (x.max(-1) - x.min(-1)).mean(1), "domain": df.domain.values})
     return stats.groupby("domain").mean().round(3)
 
-# %% ../../nbs/16d_embedded_build.ipynb 70
+# %% ../../nbs/16d_embedded_build.ipynb 77
 def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
     """Per domain: share of images with a unique caption set, and share of captions used by only one image."""
     rows = []
@@ -286,7 +329,7 @@ def caption_uniqueness(df: pd.DataFrame) -> pd.DataFrame:
                          unique_captions=np.mean([caps[c] == 1 for cs in g.captions for c in cs])))
     return pd.DataFrame(rows).set_index("domain").round(3)
 
-# %% ../../nbs/16d_embedded_build.ipynb 73
+# %% ../../nbs/16d_embedded_build.ipynb 80
 def plot_samples(manifest_df: pd.DataFrame, n_per_domain: int = 4, fontsize: float = 9, tile_inches: float = 2.4):
     """A grid of tiles, one row per domain (named on the left), each tile's first caption wrapped under it."""
     import matplotlib.pyplot as plt
