@@ -16,10 +16,10 @@ from .core import get_config
 from .protocols import PROTOCOLS, Protocol
 
 # %% auto 0
-__all__ = ['PAPER_COLUMNS', 'SETTING_LABELS', 'PAPER_PROTOCOL', 'PER_COUNTRY_ROWS', 'UNSTATED_BASELINE', 'METRIC_LABELS',
-           'read_paper_results', 'method_switches', 'protocol_for', 'our_rows_for', 'rows_for_place', 'metric_column',
-           'key_columns', 'describe', 'gain_analogue', 'our_analogue', 'is_paper_data', 'compare_row', 'place',
-           'row_label']
+__all__ = ['PAPER_COLUMNS', 'SETTING_LABELS', 'PAPER_PROTOCOL', 'PER_COUNTRY_ROWS', 'PAPER_RECIPE', 'UNSTATED_BASELINE',
+           'METRIC_LABELS', 'read_paper_results', 'method_switches', 'protocol_for', 'our_rows_for', 'rows_for_place',
+           'metric_column', 'key_columns', 'describe', 'gain_analogue', 'our_analogue', 'is_paper_data', 'compare_row',
+           'place', 'row_label']
 
 # %% ../nbs/05c_paper.ipynb 5
 PAPER_COLUMNS = ["table", "table_caption", "setting", "dataset_or_source", "target", "method", "baseline",
@@ -95,10 +95,13 @@ def our_rows_for(setting: str, method: str, protocols: Mapping[str, Protocol] = 
     return None if key is None else (PER_COUNTRY_ROWS[key][0], dict(PER_COUNTRY_ROWS[key][1]))
 
 # %% ../nbs/05c_paper.ipynb 22
+PAPER_RECIPE = "authors"     # the recipe whose rows stand beside the paper's (a table's `recipe` column, `13b_grid`)
+
 def rows_for_place(df: pd.DataFrame, setting: str, where: dict, country: str, target: str) -> pd.DataFrame:
-    """Our rows matching `where` and the paper row's country (or source → target pair); all when unspecified."""
+    """Our rows (of `PAPER_RECIPE` where recorded) matching `where` and the paper row's country (or source → target
+    pair); all when unspecified."""
     keep = np.ones(len(df), bool)
-    for col, val in where.items():
+    for col, val in {**({"recipe": PAPER_RECIPE} if "recipe" in df.columns else {}), **where}.items():
         keep &= (df[col] == val).to_numpy()
     c, t = str(country).strip().lower(), str(target).strip().lower()
     if setting == "cross-domain":

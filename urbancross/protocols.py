@@ -38,6 +38,7 @@ class Protocol:
     adversarial: bool = False
     target_negative: bool = True     # the hard-target-negative term at cfg.w_target_negative (False: weight 0)
     unlisted_target: bool = False    # unlabeled target rows also take the target's unlisted images (else: if cfg says so)
+    source_alignment: bool = False   # the source rows keep the alignment loss even where the recipe drops it (da_alignment)
 
     def __post_init__(self):
         if self.train_on not in ("none", "source+target", "target", "target-all"):
@@ -61,7 +62,8 @@ PROTOCOLS.register("paper: UrbanCross + slice captions in loss",
                    Protocol("paper", "source+target", "UrbanCross, and the slice's captions also in the retrieval loss", True, True, True, True, True))
 PROTOCOLS.register("paper: plain fine-tuning",
                    Protocol("paper", "source+target", "source checkpoint fine-tuned on source + slice, plain retrieval loss on both "
-                            "(slice captions as pairs); every target-aware term off", True, True, target_negative=False))
+                            "(slice captions as pairs); every target-aware term off", True, True, target_negative=False,
+                            source_alignment=True))
 PROTOCOLS.register("unsupervised: UrbanCross + unlisted",
                    Protocol("unsupervised", "source+target", "UrbanCross ranked by slice images, the target's unlisted images "
                             "beside the slice's as unlabeled target rows", False, select_source=True, curriculum=True,
@@ -121,7 +123,7 @@ def protocol_config(cfg: Config, name: str) -> Config:
     return cfg.replace(select_source=p.select_source, curriculum=p.curriculum, adversarial=p.adversarial,
                        target_captions=p.target_captions, target_text_loss=p.target_text_loss,
                        w_target_negative=cfg.w_target_negative if p.target_negative else 0.0,
-                       use_unlisted_target=p.uses_unlisted(cfg))
+                       use_unlisted_target=p.uses_unlisted(cfg), da_alignment=cfg.da_alignment or p.source_alignment)
 
 # %% ../nbs/13_protocols.ipynb 38
 def target_parts(cfg: Config, target: Rows, seed: int) -> dict:
