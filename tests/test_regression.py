@@ -47,11 +47,24 @@ def threads(request):
     torch.set_num_threads(before)
 
 
+# the method settings the first pins were made with (the project's recipe before recipes were a table), spelled
+# out so that a change of a recipe's row does not move these pins
+TODAY = dict(recipe="ours", loss="infonce", margin=0.2, w_image_text=1.0, w_segment_text=0.5, w_image_segment=0.5,
+             optimizer="adamw", weight_decay=0.05, lr_schedule="cosine", warmup_frac=0.1, grad_clip=1.0,
+             adapter_blocks=1, da_lr_schedule="cosine", da_schedule="epoch", da_alignment=True, adv_mode="reversal",
+             disc_hidden=256, disc_lr=0.0, keep_best=True)
+# the authors' paths (upstream HEAD b842b69): Adam without decay, no clipping, the hinge triplet summed over negatives
+# on image-text + segment-text 1:1; fine-tuning at a constant rate in passes over the target slice, target-aware
+# terms only, the adversary minimised jointly
+AUTHORS = dict(TODAY, loss="triplet", w_segment_text=1.0, w_image_segment=0.0, optimizer="adam", weight_decay=0.0,
+               grad_clip=0.0, da_lr_schedule="constant", da_schedule="within", da_alignment=False, adv_mode="joint")
+
+
 def config(threads: int, **kw):
     from urbancross.core import get_config
     base = dict(device="cpu", model_name="UC-TinyViT", pretrained="", image_size=32, context_length=16, seed=0,
                 threads=threads, progress="off", views=2, num_seg=2)
-    return get_config("smoke", **{**base, **kw})
+    return get_config("smoke", **{**TODAY, **base, **kw})
 
 
 def fine_tune_config(threads: int):
@@ -185,3 +198,105 @@ def test_alignment_step_pins(tmp_path, threads):
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)
 def test_pixel_segments_step_pins(tmp_path, threads):
     check(pixel_segments_values(pixel_segments_run(tmp_path, threads)), PIXEL_SEGMENT_PINS, "PIXEL_SEGMENT_PINS")
+
+
+# --- the authors' paths (issue 22): one pinned run each -----------------------------------------------------------
+
+# fine-tuning, da_schedule='within': one epoch of three passes over one target batch (shares 0.5, 0.75, 1 of six
+# source rows: 3, 4, 6 admitted; hard-negative margins 0.5, 0.7, 0.9), target-aware terms only, joint adversary
+AUTHORS_FINE_TUNE_PINS = {
+    "epoch1": {"loss_hard_negative": 1.5305163, "loss_adversarial": 0.68636654, "loss": 2.2168829,
+               "admitted": 0.72222222, "source_ratio": 0.75},
+    "step_losses": {"step1": 2.0624528, "step2": 2.196723, "step3": 2.3914728},
+    "image_head_after_step1": {"norm": 5.6102748, "update_sum": 0.027998989, "update_norm": 0.039191719},
+}
+# alignment on pixels with segment crops: triplet image-text + segment-text, Adam, lr_step_epochs=1 (upstream's
+# adjust_learning_rate halves the rate already before epoch 0 then: 5e-4, then 2.5e-4)
+AUTHORS_ALIGNMENT_PINS = {
+    "step1": {"loss_it": 11.7299, "loss_st": 11.470514, "loss": 23.200415},
+    "step2_loss": 21.853825,
+    "image_head_after_step1": {"norm": 5.6095614, "update_sum": 0.011000464, "update_norm": 0.019595828},
+    "image_head_after_step2": {"norm": 5.6097975, "update_sum": 0.01068387, "update_norm": 0.024740797},
+}
+# alignment on cached features with a validation set: each epoch's validation R-sum, and the epoch kept
+KEEP_BEST_PINS = {"val_rsum": {"epoch1": 250.0, "epoch2": 315.0, "epoch3": 280.0, "epoch4": 280.0}, "best_epoch": 2}
+
+
+def authors_fine_tune_run(root: Path, threads: int) -> dict:
+    """Three fine-tuning steps (one epoch of three passes: batches of 6 source + 4 target rows), the authors' way."""
+    from urbancross.features import feature_bank
+    from urbancross.train import make_items, train
+    cfg = config(threads, **{**AUTHORS, "trainable": "heads", "da_epochs": 1, "da_passes": 3, "source_batch": 6,
+                             "target_batch": 4, "da_lr": 1e-3, "curriculum": True, "curriculum_start": 0.5,
+                             "adversarial": True})
+    model = tiny_model(cfg)
+    df = pd.concat([tiles(root, "toy", 6, 1.0), tiles(root, "dark", 4, 0.5)], ignore_index=True)
+    bank = feature_bank(cfg, model, df, root / "cache", segments_of(df))
+    src = make_items(cfg, model, bank.select(domain="toy"))
+    tgt = make_items(cfg, model, bank.select(domain="dark"), seed_offset=1)
+    probe, steps = head_probe(model), []
+    hist = train(cfg, model, src, tgt, fine_tune=True, on_step=lambda s: steps.append(dict(probe(), loss=s["loss"])))
+    return dict(history=hist, steps=steps)
+
+
+def authors_fine_tune_values(run: dict) -> dict:
+    h, steps = run["history"], run["steps"]
+    assert list(h.steps) == [3] and len(steps) == 3 and "loss_it" not in h.columns
+    return {"epoch1": {k: float(h[k].iloc[0]) for k in ("loss_hard_negative", "loss_adversarial", "loss", "admitted",
+                                                         "source_ratio")},
+            "step_losses": {f"step{i + 1}": s["loss"] for i, s in enumerate(steps)},
+            "image_head_after_step1": {k: steps[0][k] for k in ("norm", "update_sum", "update_norm")}}
+
+
+def authors_alignment_run(root: Path, threads: int) -> dict:
+    """Two alignment steps on pixels with segment crops, every weight trainable, the authors' way, step schedule."""
+    from urbancross.train import make_items, train
+    cfg = config(threads, **{**AUTHORS, "trainable": "all", "epochs": 2, "batch_size": 6, "lr": 1e-3,
+                             "lr_backbone": 1e-3, "lr_schedule": "step", "lr_step_epochs": 1, "lr_step_gamma": 0.5})
+    model = tiny_model(cfg)
+    df = tiles(root, "toy", 6, 1.0)
+    probe, norms = head_probe(model), []
+    hist = train(cfg, model, make_items(cfg, model, df, segments_of(df)), on_step=lambda s: norms.append(probe()))
+    return dict(history=hist, norms=norms)
+
+
+def authors_alignment_values(run: dict) -> dict:
+    h = run["history"]
+    assert list(h.steps) == [1, 1] and "loss_is" not in h.columns
+    return {"step1": {k: float(h[k].iloc[0]) for k in ("loss_it", "loss_st", "loss")},
+            "step2_loss": float(h.loss.iloc[1]), "image_head_after_step1": run["norms"][0],
+            "image_head_after_step2": run["norms"][1]}
+
+
+def keep_best_run(root: Path, threads: int) -> dict:
+    """Four alignment epochs on cached features (10 tiles, batch 5) validated on the same tiles; the model returned."""
+    from urbancross.features import feature_bank
+    from urbancross.train import evaluate, make_items, recall_sum, train
+    cfg = config(threads, trainable="heads", use_sam=False, epochs=4, batch_size=5, lr=3e-3)
+    model = tiny_model(cfg)
+    bank = feature_bank(cfg, model, tiles(root, "toy", 10, 1.0), root / "cache")
+    hist = train(cfg, model, make_items(cfg, model, bank), val=bank)
+    return dict(history=hist, returned_rsum=recall_sum(evaluate(cfg, model, bank)))
+
+
+def keep_best_values(run: dict) -> dict:
+    h = run["history"]
+    best = h[h.is_best.astype(bool)].epoch.iloc[-1]
+    assert int(best) == int(h.epoch[h.val_rsum.idxmax()]) and run["returned_rsum"] == pytest.approx(h.val_rsum.max())
+    return {"val_rsum": {f"epoch{int(e)}": float(v) for e, v in zip(h.epoch, h.val_rsum)}, "best_epoch": int(best)}
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_authors_fine_tune_pins(tmp_path, threads):
+    check(authors_fine_tune_values(authors_fine_tune_run(tmp_path, threads)), AUTHORS_FINE_TUNE_PINS,
+          "AUTHORS_FINE_TUNE_PINS")
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_authors_alignment_pins(tmp_path, threads):
+    check(authors_alignment_values(authors_alignment_run(tmp_path, threads)), AUTHORS_ALIGNMENT_PINS,
+          "AUTHORS_ALIGNMENT_PINS")
+
+
+def test_keep_best_pins(tmp_path, threads):
+    check(keep_best_values(keep_best_run(tmp_path, threads)), KEEP_BEST_PINS, "KEEP_BEST_PINS")
