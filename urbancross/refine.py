@@ -20,7 +20,7 @@ import torch
 from fastcore.basics import patch
 
 from .core import Config, Registry, atomic_write, get_device, get_logger, paths
-from .data import load_image, progress, sha256_file
+from .data import blank_text, load_image, note_fallback, progress, sha256_file
 
 # %% auto 0
 __all__ = ['log', 'PROMPTS', 'NUMBER_WORDS', 'TAGGED_NOUNS', 'STAGES', 'CAPTIONERS', 'DTYPES', 'DEFAULT_GENERATION',
@@ -683,17 +683,20 @@ def read_refine_csv(path: str | Path, images: str | Path | Iterable[str] | None 
     missing = [c for c in RELEASE_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {header}")
-    rows = []
+    rows, end = [], reader.line_num
     for row_no, rec in enumerate(reader, 1):
-        where = f"{path}: row {row_no} (line {reader.line_num})"
+        where, end = f"{path}: row {row_no} (line {end + 1})", reader.line_num      # the line the row starts on
+        if rec == header:
+            raise ValueError(f"{where}: a repeated header row, not data; were two CSV files joined? delete that line")
         if len(rec) != len(header):
             raise ValueError(f"{where}: {len(rec)} fields, the header has {len(header)}")
         r = dict(zip(header, rec))
         name = r["image_name"].strip()
-        if not name:
+        if blank_text(name):
             raise ValueError(f"{where}: empty image_name")
-        if not r["description"].strip():
-            raise ValueError(f"{where} (image_name={name!r}): empty description")
+        if blank_text(r["description"]):
+            raise ValueError(f"{where} (image_name={name!r}): empty description (nothing but whitespace or "
+                             f"invisible characters: {r['description']!r})")
         if known is not None and name not in known:
             raise ValueError(f"{where}: unknown image {name!r} (not among the {len(known)} images of {images})")
         rows.append(r)
@@ -757,9 +760,11 @@ def caption_variant(df: pd.DataFrame, use_lmm: bool | None = None, cfg: Config |
         return out
     by_id = {i: list(c) for i, c in zip(refined.image_id, refined.refined) if len(c)}
     kept = [i for i in out.image_id if i not in by_id]
+    for image_id in kept:
+        note_fallback("refined_caption_missing", image_id, "the LMM left no usable caption: keeps its manifest captions")
     if kept:
         log.warning(f"caption_variant: {len(kept)} image(s) without a refined caption keep their manifest captions "
-                    f"(first: {kept[0]!r})")
+                    f"({', '.join(map(repr, kept[:5]))}{' ...' if len(kept) > 5 else ''}; fallback_summary() counts them)")
     out["captions"] = [by_id.get(i, list(c)) for i, c in zip(out.image_id, out.captions)]
     log.info(f"caption_variant use_lmm=True: refined captions from {refined.model.iloc[0] if len(refined) else '?'} "
              f"for {len(out) - len(kept)} images")
