@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import data
 from .core import Config, atomic_write, git_sha, paths
 from .metrics import retrieval_ranks
 
@@ -89,9 +91,17 @@ def read_queries(name: str, profile: str, results_dir: str | Path | None = None)
     return df
 
 # %% ../nbs/05b_stats.ipynb 20
+def _fallbacks() -> dict:
+    """{kind: {"count": n, "first": [items]}} of the data fallbacks this process took (`data.fallback_summary`)."""
+    summary = getattr(data, "fallback_summary", None)
+    if summary is not None:
+        return summary()
+    return {kind: {"count": n, "first": []} for kind, n in sorted(data.FALLBACKS.items())}
+
+# %% ../nbs/05b_stats.ipynb 22
 def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
                   results_dir: str | Path | None = None) -> pd.DataFrame:
-    """Write `results/<profile>/<name>.csv` with profile, seed and git SHA columns added; returns the table."""
+    """Write `results/<profile>/<name>.csv` (profile, seed, git SHA columns added) and its `<name>.json` sidecar."""
     df = pd.DataFrame(rows).copy()
     for col, val in (("profile", cfg.profile), ("git_sha", git_sha())):
         if col not in df.columns:
@@ -101,9 +111,13 @@ def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
     out = Path(results_dir) if results_dir else paths(profile=cfg.profile)["results"]
     with atomic_write(out / f"{name}.csv") as f:
         df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
+    side = {"table": f"{name}.csv", "git_sha": git_sha(), "rows": len(df), "params": cfg.to_dict(),
+            "fallbacks": _fallbacks()}
+    with atomic_write(out / f"{name}.json") as f:
+        json.dump(side, f, indent=1, default=str)
     return df
 
-# %% ../nbs/05b_stats.ipynb 23
+# %% ../nbs/05b_stats.ipynb 25
 def _units(hits: pd.DataFrame, group_cols: Sequence[str]) -> dict:
     """{group key: {seed: hits of that unit}} of a long hit table."""
     out: dict = {}
@@ -112,7 +126,7 @@ def _units(hits: pd.DataFrame, group_cols: Sequence[str]) -> dict:
         out.setdefault(tuple(gk), {})[seed] = g.sort_values("image_id").reset_index(drop=True)
     return out
 
-# %% ../nbs/05b_stats.ipynb 25
+# %% ../nbs/05b_stats.ipynb 27
 def _check_paired(ua: dict, ub: dict, what: str) -> None:
     """Both systems have the same groups, seeds and test images."""
     if set(ua) != set(ub):
@@ -127,44 +141,76 @@ def _check_paired(ua: dict, ub: dict, what: str) -> None:
             if ua[g][s].image_id.duplicated().any():
                 raise ValueError(f"{what}: group {g}, seed {s}: duplicate image ids in the hit table")
 
-# %% ../nbs/05b_stats.ipynb 27
-def _group_replicates(units_a: dict, units_b: dict, n_boot: int, rng: np.random.Generator,
-                      resample_seeds: bool) -> tuple[np.ndarray, np.ndarray]:
-    """[n_boot] mean-over-seeds mR of A and of B for one group under resampled images (and seeds)."""
-    seeds = sorted(units_a)
-    pool = sorted(set().union(*(set(units_a[s].image_id) for s in seeds)))
-    pos = {i: j for j, i in enumerate(pool)}
-    counts = rng.multinomial(len(pool), np.full(len(pool), 1 / len(pool)), size=n_boot).astype(float)
-    n_k = len(KS)
-    per_seed = []
-    for s in seeds:
-        idx = np.array([pos[i] for i in units_a[s].image_id])
-        w = counts[:, idx]
-        mr = []
-        for u in (units_a[s], units_b[s]):
-            sums = np.concatenate([w @ _stat_matrix(u), w.sum(1, keepdims=True)], 1)
-            mr.append(_mr(sums, n_k))
-        per_seed.append(mr)
-    a = np.stack([m[0] for m in per_seed], 1)   # [n_boot, n_seeds]
-    b = np.stack([m[1] for m in per_seed], 1)
-    if resample_seeds and len(seeds) > 1:
-        pick = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
-        a, b = np.take_along_axis(a, pick, 1), np.take_along_axis(b, pick, 1)
-    return a.mean(1), b.mean(1)
-
 # %% ../nbs/05b_stats.ipynb 29
+def _joint_seeds(units: dict, what: str) -> list:
+    """The seeds every group ran (one list: the seed draw is shared by all groups); an error if they differ."""
+    seeds = {g: sorted(u) for g, u in units.items()}
+    first = next(iter(seeds.values()))
+    odd = {g: s for g, s in seeds.items() if s != first}
+    if odd:
+        raise ValueError(f"{what}: the groups ran different seeds (first group {first}, then {odd}); seeds are "
+                         f"resampled jointly across groups, so compare the seeds every group ran")
+    return first
+
+# %% ../nbs/05b_stats.ipynb 31
+def _image_pools(units: dict) -> list[list[str]]:
+    """Image ids in pools resampled together: units that share an image (a target's test parts) share one pool."""
+    parent: dict = {}
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+    for u in (u for g in units.values() for u in g.values()):
+        ids = list(u.image_id)
+        for i in ids:
+            parent.setdefault(i, i)
+        for i in ids[1:]:
+            parent[root(i)] = root(ids[0])
+    pools: dict = {}
+    for i in sorted(parent):
+        pools.setdefault(root(i), []).append(i)
+    return sorted(pools.values())
+
+# %% ../nbs/05b_stats.ipynb 33
+def _image_weights(pools: list[list[str]], n_boot: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """{image id: column} and [n_boot, n_images] multinomial counts, each pool drawn to its own size."""
+    ids = [i for p in pools for i in p]
+    counts = [rng.multinomial(len(p), np.full(len(p), 1 / len(p)), size=n_boot) for p in pools]
+    return {i: j for j, i in enumerate(ids)}, np.concatenate(counts, 1).astype(float)
+
+# %% ../nbs/05b_stats.ipynb 35
+def _seed_draws(n_seeds: int, n_boot: int, rng: np.random.Generator, resample: bool = True) -> np.ndarray:
+    """[n_boot, n_seeds] seed positions per replicate, one draw for every group (all seeds, in order, if not `resample`)."""
+    if not resample or n_seeds == 1:
+        return np.tile(np.arange(n_seeds), (n_boot, 1))
+    return rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+
+# %% ../nbs/05b_stats.ipynb 37
+def _unit_replicates(units: dict, seeds: list, pos: dict, counts: np.ndarray) -> np.ndarray:
+    """[n_boot, n_groups, n_seeds] mR of every unit (groups sorted) under the replicates' image counts."""
+    out = np.empty((len(counts), len(units), len(seeds)))
+    for j, g in enumerate(sorted(units)):
+        for k, s in enumerate(seeds):
+            u = units[g][s]
+            w = counts[:, [pos[i] for i in u.image_id]]
+            out[:, j, k] = _mr(np.concatenate([w @ _stat_matrix(u), w.sum(1, keepdims=True)], 1), len(KS))
+    return out
+
+# %% ../nbs/05b_stats.ipynb 39
 def paired_bootstrap(hits_a: pd.DataFrame, hits_b: pd.DataFrame, group_cols: Sequence[str] = (), n_boot: int = 2000,
                      seed: int = 0, resample_seeds: bool = True, level: float = 0.95, what: str = "comparison") -> dict:
-    """mR of A and B, their difference and relative difference with `level` bootstrap intervals, over groups and seeds."""
+    """mR of A and B, their difference and relative difference with `level` intervals; images and seeds drawn jointly."""
     ua, ub = _units(hits_a, group_cols), _units(hits_b, group_cols)
     if not ua:
         raise ValueError(f"{what}: no hits to compare")
     _check_paired(ua, ub, what)
+    seeds = _joint_seeds(ua, what)
     rng = np.random.default_rng(seed)
+    pos, counts = _image_weights(_image_pools(ua), n_boot, rng)
+    pick = _seed_draws(len(seeds), n_boot, rng, resample_seeds)[:, None, :]       # the same seeds for every group
+    ra, rb = (np.take_along_axis(_unit_replicates(u, seeds, pos, counts), pick, 2).mean((1, 2)) for u in (ua, ub))
     point_a = np.mean([np.mean([hits_metrics(u)["mR"] for u in ua[g].values()]) for g in ua])
     point_b = np.mean([np.mean([hits_metrics(u)["mR"] for u in ub[g].values()]) for g in ub])
-    reps = [_group_replicates(ua[g], ub[g], n_boot, rng, resample_seeds) for g in sorted(ua)]
-    ra, rb = np.mean([r[0] for r in reps], 0), np.mean([r[1] for r in reps], 0)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     d, rel = ra - rb, 100 * (ra - rb) / rb
     sizes = [len(u) for g in ua for u in ua[g].values()]
@@ -172,10 +218,9 @@ def paired_bootstrap(hits_a: pd.DataFrame, hits_b: pd.DataFrame, group_cols: Seq
                 ci_low=float(np.percentile(d, lo)), ci_high=float(np.percentile(d, hi)),
                 rel_delta=100 * (point_a - point_b) / point_b,
                 rel_ci_low=float(np.percentile(rel, lo)), rel_ci_high=float(np.percentile(rel, hi)),
-                n_groups=len(ua), n_seeds=int(np.median([len(v) for v in ua.values()])),
-                n_test_images=int(np.median(sizes)), n_boot=n_boot)
+                n_groups=len(ua), n_seeds=len(seeds), n_test_images=int(np.median(sizes)), n_boot=n_boot)
 
-# %% ../nbs/05b_stats.ipynb 42
+# %% ../nbs/05b_stats.ipynb 56
 POOLED = "all"
 
 def compare(hits: pd.DataFrame, system_col: str, baseline: str, by: Sequence[str] = (), systems: Sequence[str] | None = None,
@@ -191,7 +236,7 @@ def compare(hits: pd.DataFrame, system_col: str, baseline: str, by: Sequence[str
         if by:
             for key, ga in a.groupby(list(by), sort=False):
                 key = key if isinstance(key, tuple) else (key,)
-                gb = b.loc[(b[list(by)] == pd.Series(key, index=list(by))).all(1)]
+                gb = b.loc[(b[list(by)] == pd.Series(key, index=list(by))).all(axis=1)]
                 r = paired_bootstrap(ga, gb, (), n_boot, seed, resample_seeds, what=f"{what} at {key}")
                 rows.append({**dict(zip(by, key)), system_col: s, "baseline": baseline, **r})
         if pooled or not by:
@@ -200,7 +245,7 @@ def compare(hits: pd.DataFrame, system_col: str, baseline: str, by: Sequence[str
             rows.append({**{c: POOLED for c in by}, system_col: s, "baseline": baseline, **r})
     return pd.DataFrame(rows)
 
-# %% ../nbs/05b_stats.ipynb 45
+# %% ../nbs/05b_stats.ipynb 59
 CI_COLUMNS = ["baseline", "delta", "ci_low", "ci_high", "rel_delta", "rel_ci_low", "rel_ci_high"]
 
 def summarize(runs: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ("mR",),
@@ -219,33 +264,35 @@ def summarize(runs: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = 
         out = out.merge(comparisons[on + CI_COLUMNS], on=on, how="left")
     return out.assign(seed=-1)
 
-# %% ../nbs/05b_stats.ipynb 48
+# %% ../nbs/05b_stats.ipynb 62
 def verdict(ci_low: float, ci_high: float) -> str:
     """'reproduced' (interval above 0), 'contradicted' (below 0) or 'inconclusive' (contains 0) for a claimed gain."""
     if not (np.isfinite(ci_low) and np.isfinite(ci_high)):
         return "not run"
     return "reproduced" if ci_low > 0 else ("contradicted" if ci_high < 0 else "inconclusive")
 
-# %% ../nbs/05b_stats.ipynb 51
+# %% ../nbs/05b_stats.ipynb 65
 def _fmt_ci(d: float, lo: float, hi: float, unit: str = "") -> str:
     return f"{d:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}]"
 
-# %% ../nbs/05b_stats.ipynb 53
+# %% ../nbs/05b_stats.ipynb 67
 def claims_markdown(claims: pd.DataFrame) -> str:
-    """The claims table as Markdown: claim, our Δ mR and relative gain with 95 % intervals, paper's size, verdict."""
-    lines = ["| claim | ours: mR vs baseline | Δ mR [95 % CI] | relative Δ [95 % CI] | paper | verdict | groups × seeds, test images |",
-             "|---|---|---|---|---|---|---|"]
+    """The claims table as Markdown: claim, recipe, mR of system vs baseline, Δ mR and relative gain with 95 % intervals, paper, verdict."""
+    if "recipe" not in claims.columns:
+        raise ValueError("claims_markdown: the claims table has no 'recipe' column; regenerate it with nbs/27_claims.ipynb")
+    lines = ["| claim | recipe | mR: system vs baseline | Δ mR [95 % CI] | relative Δ [95 % CI] | paper | verdict | "
+             "groups × seeds, test images |", "|---|---|---|---|---|---|---|---|"]
     for r in claims.itertuples():
         paper = "direction only" if pd.isna(r.paper_gain_pct) else f"~{r.paper_gain_pct:g} %"
         if r.verdict == "not run":
-            lines.append(f"| {r.claim} | — | — | — | {paper} | not run | — |")
+            lines.append(f"| {r.claim} | {r.recipe} | — | — | — | {paper} | not run | — |")
             continue
-        lines.append(f"| {r.claim} | {r.mean:.2f} vs {r.mean_baseline:.2f} | {_fmt_ci(r.delta, r.ci_low, r.ci_high)} | "
+        lines.append(f"| {r.claim} | {r.recipe} | {r.mean:.2f} vs {r.mean_baseline:.2f} | {_fmt_ci(r.delta, r.ci_low, r.ci_high)} | "
                      f"{_fmt_ci(r.rel_delta, r.rel_ci_low, r.rel_ci_high, ' %')} | {paper} | {r.verdict} | "
                      f"{int(r.n_groups)} × {int(r.n_seeds)}, {int(r.n_test_images)} |")
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/05b_stats.ipynb 56
+# %% ../nbs/05b_stats.ipynb 70
 def plot_intervals(table: pd.DataFrame, label_col: str, ax=None, value: str = "delta", xlabel: str = "Δ mR (points), 95 % CI",
                    colour_col: str | None = None, palette: dict | None = None):
     """Forest plot of `table[value]` with `ci_low`/`ci_high` bars, one row per `label_col`; returns the axes."""
