@@ -1,6 +1,6 @@
 """Resumable training: a real training process killed with SIGKILL (mid-epoch, while it writes a checkpoint)
 and restarted with resume=True ends bit-identical to an uninterrupted run; a corrupt checkpoint is an error
-naming the file."""
+naming the file. The run validates every epoch and keeps its best epoch across the kill."""
 import json
 import os
 import signal
@@ -120,6 +120,15 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
     ra, rb = safe_torch_load(ck_ref), safe_torch_load(ck)      # final checkpoints: optimizer state too
     assert ra["global_step"] == rb["global_step"] == EPOCHS * STEPS_PER_EPOCH
+
+    # validated every epoch (keep_best): the resumed run kept the best epoch seen before the kill, and both runs
+    # end on the same best-on-validation weights, which the final checkpoints hold beside the best copy
+    assert sum(a["is_best"].values()) >= 1 and ra["best_epoch"] == rb["best_epoch"] >= 1
+    assert ra["best"].keys() == rb["best"].keys() and all(torch.equal(ra["best"][k], rb["best"][k]) for k in ra["best"])
+    metrics = json.loads((tmp_path / "out_run" / "metrics.json").read_text())
+    rsum = sum(metrics[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    assert rsum == pytest.approx(max(a["val_rsum"].values())) == pytest.approx(ra["best_rsum"])
+    assert all(torch.equal(rb["model"][k], v) for k, v in rb["best"].items())
     sa, sb = ra["optimizer"]["state"], rb["optimizer"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
 
