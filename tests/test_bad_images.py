@@ -352,3 +352,17 @@ def test_a_nested_unpack_left_by_older_code_is_redone(tmp_path):
     assert nested.is_dir()
     df = load_urbancross_country(tmp_path, "spain")
     assert all(load_image(p).size == (16, 16) for p in df.image_path)
+
+
+def test_preflight_names_an_images_zip_over_the_cap_and_says_what_it_will_use(tmp_path, monkeypatch):
+    from urbancross.core import get_config
+    from urbancross.datasets import archive_lines, dataset_problems
+    _release(tmp_path)
+    cfg = get_config("paper", data_root=str(tmp_path), domains=("spain",), device="cpu")
+    assert dataset_problems(cfg) == []
+    lines = archive_lines(cfg)
+    assert lines[0].startswith("spain images: ") and "3 images" in lines[0] and "to unpack" in lines[0], lines
+    monkeypatch.setenv("URBANCROSS_UNPACK_MAX_TOTAL", "100")
+    problems = dataset_problems(cfg)
+    assert len(problems) == 1 and "images.zip" in problems[0] and "URBANCROSS_UNPACK_MAX_TOTAL" in problems[0], problems
+    assert not (tmp_path / "Spain" / "images").exists()

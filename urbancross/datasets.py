@@ -32,9 +32,9 @@ from .train import uses_features
 __all__ = ['log', 'DATA_README', 'REAL_DATA', 'DATASETS', 'SYSTEM_FILES', 'UNPACK_LIMITS', 'UNPACK_FORMAT', 'KARPATHY',
            'resolve_path', 'data_root', 'readme_hint', 'Dataset', 'release_folder', 'release_csv', 'member_kind',
            'ImageZipPlan', 'plan_image_zip', 'unpack_problem', 'unpacked_by_us', 'unpack_images',
-           'load_urbancross_country', 'unlisted_images', 'release_archives', 'archive_report', 'KarpathyFiles',
-           'karpathy_paths', 'load_karpathy_json', 'load_profile_data', 'dataset_problems', 'unlisted_rows',
-           'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare']
+           'load_urbancross_country', 'unlisted_images', 'release_archives', 'archive_report', 'archive_lines',
+           'KarpathyFiles', 'karpathy_paths', 'load_karpathy_json', 'load_profile_data', 'dataset_problems',
+           'unlisted_rows', 'release_segment_zips', 'profile_segments', 'profile_bank', 'prepare']
 
 # %% ../nbs/02_datasets.ipynb 4
 log = get_logger("urbancross.datasets")
@@ -359,27 +359,6 @@ def unlisted_images(root: str | Path, country: str) -> Manifest:
     return validate_manifest(make_manifest(rows), f"unlisted images of {images}", captions_required=False)
 
 # %% ../nbs/02_datasets.ipynb 65
-def _release_problems(cfg: Config, root: Path) -> list[str]:
-    """What the release under `root` lacks for `cfg.domains`: a country folder, its caption CSV, its images."""
-    out = []
-    for d in cfg.domains:
-        folder = release_folder(root, d)
-        if folder is None:
-            out.append(readme_hint(f"UrbanCross folder {root / d.capitalize()} does not exist", REAL_DATA))
-            continue
-        if not (csv := release_csv(folder, d)).is_file():
-            out.append(readme_hint(f"{csv} does not exist", REAL_DATA))
-        if not ((folder / "images.zip").is_file() or (folder / "images").is_dir()):
-            out.append(readme_hint(f"{folder} has neither images.zip nor images/", REAL_DATA))
-    return out
-
-# %% ../nbs/02_datasets.ipynb 67
-def _release_segments(root: Path, domain: str) -> Path | None:
-    """The `image_segments.zip` a release country ships, or None."""
-    folder = release_folder(root, domain)
-    return folder / "image_segments.zip" if folder is not None and (folder / "image_segments.zip").is_file() else None
-
-# %% ../nbs/02_datasets.ipynb 70
 def _images_row(folder: Path, domain: str) -> dict:
     """The preflight row of a country's images: its images.zip (planned, not unpacked) or its own images/ folder."""
     zp, images = folder / "images.zip", folder / "images"
@@ -395,7 +374,7 @@ def _images_row(folder: Path, domain: str) -> dict:
                 compressed_bytes=zp.stat().st_size, problem=unpack_problem(plan),
                 state="unpacked" if unpacked_by_us(images, zp) else "to unpack into images/")
 
-# %% ../nbs/02_datasets.ipynb 71
+# %% ../nbs/02_datasets.ipynb 66
 def _segments_row(zp: Path, domain: str) -> dict:
     """The preflight row of a country's image_segments.zip: image folders, empty ones, skipped members."""
     try:
@@ -408,7 +387,7 @@ def _segments_row(zp: Path, domain: str) -> dict:
     except (ValueError, FileNotFoundError) as e:
         return dict(domain=domain, archive=str(zp), kind="segments", problem=str(e))
 
-# %% ../nbs/02_datasets.ipynb 72
+# %% ../nbs/02_datasets.ipynb 67
 def release_archives(root: str | Path, domains: Sequence[str]) -> list[dict]:
     """One row per archive (images, segments) of each release country of `domains` under `root`: what a run will use."""
     rows = []
@@ -420,12 +399,49 @@ def release_archives(root: str | Path, domains: Sequence[str]) -> list[dict]:
             rows.append(_segments_row(folder / "image_segments.zip", d))
     return rows
 
-# %% ../nbs/02_datasets.ipynb 73
+# %% ../nbs/02_datasets.ipynb 68
 def archive_report(cfg: Config) -> list[dict]:
     """What each archive of `cfg`'s dataset holds and what the run will use of it (empty for datasets without any)."""
     return DATASETS.get(cfg.data_source).archives(cfg, data_root(cfg)) if cfg.data_source in DATASETS else []
 
+# %% ../nbs/02_datasets.ipynb 70
+def archive_lines(cfg: Config) -> list[str]:
+    """One line per archive of `archive_report(cfg)`: what it holds, what is skipped or refused, what the run uses."""
+    def line(r: dict) -> str:
+        if r.get("problem"):
+            return f"{r['domain']} {r['kind']}: {r['problem']}"
+        extra = [f"{n} {k} skipped" for k, n in (r.get("skipped") or {}).items() if n]
+        extra += [f"{len(r['refused'])} refused ({', '.join(map(repr, r['refused'][:3]))})"] if r.get("refused") else []
+        extra += [f"{r['empty']} empty folder(s)"] if r.get("empty") else []
+        size = f", {r['uncompressed_bytes'] / 2**20:,.1f} MiB" if "uncompressed_bytes" in r else ""
+        return (f"{r['domain']} {r['kind']}: {r['archive']}: {r['images']} images{size}"
+                + (f" under {r['root']!r}" if r.get("root") else "") + f", {r['state']}"
+                + (f"; {'; '.join(extra)}" if extra else ""))
+    return [line(r) for r in archive_report(cfg)]
+
+# %% ../nbs/02_datasets.ipynb 73
+def _release_problems(cfg: Config, root: Path) -> list[str]:
+    """What the release under `root` lacks for `cfg.domains`: a country folder, its caption CSV, its images."""
+    out = []
+    for d in cfg.domains:
+        folder = release_folder(root, d)
+        if folder is None:
+            out.append(readme_hint(f"UrbanCross folder {root / d.capitalize()} does not exist", REAL_DATA))
+            continue
+        if not (csv := release_csv(folder, d)).is_file():
+            out.append(readme_hint(f"{csv} does not exist", REAL_DATA))
+        if not ((folder / "images.zip").is_file() or (folder / "images").is_dir()):
+            out.append(readme_hint(f"{folder} has neither images.zip nor images/", REAL_DATA))
+        out += [r["problem"] for r in release_archives(root, [d]) if r.get("problem")]   # a zip over a cap, or no zip
+    return out
+
 # %% ../nbs/02_datasets.ipynb 75
+def _release_segments(root: Path, domain: str) -> Path | None:
+    """The `image_segments.zip` a release country ships, or None."""
+    folder = release_folder(root, domain)
+    return folder / "image_segments.zip" if folder is not None and (folder / "image_segments.zip").is_file() else None
+
+# %% ../nbs/02_datasets.ipynb 77
 def _load_release(cfg: Config, root: Path) -> Manifest:
     """The countries `cfg.domains` of the release, one after the other."""
     return Manifest(pd.concat([load_urbancross_country(root, d, seed=cfg.seed) for d in cfg.domains], ignore_index=True))
@@ -436,7 +452,7 @@ def _release_unlisted(cfg: Config, root: Path, domain: str) -> Manifest:
 DATASETS.register("urbancross", Dataset(_load_release, _release_problems, _release_segments, _release_unlisted,
                                         lambda cfg, root: release_archives(root, cfg.domains)))
 
-# %% ../nbs/02_datasets.ipynb 78
+# %% ../nbs/02_datasets.ipynb 80
 class KarpathyFiles(NamedTuple):
     """Where a Karpathy-format dataset lives under the data root: its folder and its caption JSON in it."""
     folder: str
@@ -444,13 +460,13 @@ class KarpathyFiles(NamedTuple):
 
 KARPATHY = {"rsicd": KarpathyFiles("RSICD", "dataset_rsicd.json"), "rsitmd": KarpathyFiles("RSITMD", "dataset_RSITMD.json")}
 
-# %% ../nbs/02_datasets.ipynb 80
+# %% ../nbs/02_datasets.ipynb 82
 def karpathy_paths(root: str | Path, name: str) -> tuple[Path, Path]:
     """(caption JSON, images folder) of the Karpathy-format dataset `name` under the data root `root`."""
     files = KARPATHY[name]
     return Path(root) / files.folder / files.json, Path(root) / files.folder / "images"
 
-# %% ../nbs/02_datasets.ipynb 82
+# %% ../nbs/02_datasets.ipynb 84
 def _karpathy_items(json_path: Path) -> list[dict]:
     """The `images` list of a caption JSON; a missing or foreign file is an error naming it."""
     if not json_path.exists():
@@ -460,7 +476,7 @@ def _karpathy_items(json_path: Path) -> list[dict]:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{json_path}: not a caption JSON with an 'images' list: {e}") from e
 
-# %% ../nbs/02_datasets.ipynb 84
+# %% ../nbs/02_datasets.ipynb 86
 def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: str, seed: int = 0,
                        check_images: bool = True) -> Manifest:
     """Manifest of an RSICD/RSITMD-style caption JSON."""
@@ -495,28 +511,28 @@ def load_karpathy_json(json_path: str | Path, images_dir: str | Path, domain: st
         index.log_normalised(json_path)
     return validate_manifest(make_manifest(rows), str(json_path))
 
-# %% ../nbs/02_datasets.ipynb 87
+# %% ../nbs/02_datasets.ipynb 89
 def _load_karpathy(name: str, cfg: Config, root: Path) -> Manifest:
     """The Karpathy-format dataset `name` under the data root, its domain named `name`."""
     return load_karpathy_json(*karpathy_paths(root, name), name, seed=cfg.seed)
 
-# %% ../nbs/02_datasets.ipynb 89
+# %% ../nbs/02_datasets.ipynb 91
 def _karpathy_problems(name: str, cfg: Config, root: Path) -> list[str]:
     """What the Karpathy-format dataset `name` lacks under the data root: its caption JSON, its images folder."""
     json_path, images = karpathy_paths(root, name)
     return [readme_hint(f"{name.upper()} {kind} {p} does not exist", REAL_DATA)
             for p, kind, ok in ((json_path, "file", json_path.is_file()), (images, "folder", images.is_dir())) if not ok]
 
-# %% ../nbs/02_datasets.ipynb 91
+# %% ../nbs/02_datasets.ipynb 93
 for _name in KARPATHY:
     DATASETS.register(_name, Dataset(partial(_load_karpathy, _name), partial(_karpathy_problems, _name)))
 
-# %% ../nbs/02_datasets.ipynb 94
+# %% ../nbs/02_datasets.ipynb 96
 def load_profile_data(cfg: Config) -> Manifest:
     """The manifest of `cfg.data_source` (a name in `DATASETS`) restricted to `cfg.domains` where they apply."""
     return DATASETS.get(cfg.data_source).load(cfg)
 
-# %% ../nbs/02_datasets.ipynb 96
+# %% ../nbs/02_datasets.ipynb 98
 def dataset_problems(cfg: Config, name: str | None = None) -> list[str]:
     """What a run under `cfg` would miss of dataset `name` (default `cfg.data_source`), each naming where to get it."""
     name = cfg.data_source if name is None else name
@@ -524,18 +540,18 @@ def dataset_problems(cfg: Config, name: str | None = None) -> list[str]:
         return [f"data_source={name!r} is not a dataset; choose one of {sorted(DATASETS)}"]
     return DATASETS.get(name).problems(cfg)
 
-# %% ../nbs/02_datasets.ipynb 99
+# %% ../nbs/02_datasets.ipynb 101
 def unlisted_rows(cfg: Config, domain: str) -> Manifest:
     """The unlisted images of `domain` in `cfg.data_source`: manifest rows without captions (split 'train')."""
     return Manifest(DATASETS.get(cfg.data_source).unlisted(cfg, data_root(cfg), domain))
 
-# %% ../nbs/02_datasets.ipynb 102
+# %% ../nbs/02_datasets.ipynb 104
 def release_segment_zips(cfg: Config, df: Manifest) -> dict[str, Path]:
     """{domain: its released segment zip} for the domains of `df` whose dataset (`cfg.data_source`) ships one."""
     dataset, root = DATASETS.get(cfg.data_source), data_root(cfg)
     return {d: z for d in sorted(set(df.domain)) if (z := dataset.segments(root, d)) is not None}
 
-# %% ../nbs/02_datasets.ipynb 105
+# %% ../nbs/02_datasets.ipynb 107
 def profile_segments(cfg: Config, df: Manifest, cache_root: str | Path | None = None) -> tuple:
     """(`SegmentStore` of the first `cfg.num_seg_stored` segments of every image, read on access; cache stats)."""
     root = Path(cache_root) if cache_root else paths()["cache"]
@@ -547,7 +563,7 @@ def profile_segments(cfg: Config, df: Manifest, cache_root: str | Path | None = 
              f"in {stats['seconds']:.1f} s")
     return SegmentStore(table, cfg.num_seg_stored), stats
 
-# %% ../nbs/02_datasets.ipynb 107
+# %% ../nbs/02_datasets.ipynb 109
 def profile_bank(cfg: Config, df: Manifest, model=None, cache_root: str | Path | None = None,
                  segments: Mapping | None = None) -> tuple:
     """(FeatureBank with segments, the model whose frozen trunks made it) for the manifest `df`."""
@@ -557,7 +573,7 @@ def profile_bank(cfg: Config, df: Manifest, model=None, cache_root: str | Path |
         segments, _ = profile_segments(cfg, df, root)
     return feature_bank(cfg, model, df, root / "features", segments), model
 
-# %% ../nbs/02_datasets.ipynb 110
+# %% ../nbs/02_datasets.ipynb 112
 def prepare(cfg: Config, df: Manifest, model=None, cache_root: str | Path | None = None,
             segments: Mapping | None = None) -> tuple[Rows, Mapping, object]:
     """(rows for the training core: a FeatureBank or the manifest, segments, model) under `cfg`'s regime."""
