@@ -20,7 +20,7 @@ export TRANSFORMERS_OFFLINE := 1
 endif
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install reproduce reproduce-all reproduce-plan paper-dryrun test export clean-nbs check-sync lab docs docs-check
+.PHONY: install reproduce reproduce-all reproduce-plan paper-dryrun gpu-check test export clean-nbs check-sync lab docs docs-check
 
 $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ reproduce-plan: install
 
 paper-dryrun: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m urbancross dryrun
+
+# On one GPU, offline, under 8 minutes: the paper profile's training samples/s and peak memory (ViT-L-14, bf16,
+# checkpointing on/off, batch 40/100), SAM vit_b masks/s, the one-pass metrics at 50k x 250k, the loader's
+# GPU idle share; one JSON of figures (benchmarks/gpu_check.py; `--device cpu --tiny` is its CI run).
+GPU_CHECK_OUT ?= benchmarks/gpu_check.json
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 test: install
 	$(BIN)/nbdev_test --n_workers 2

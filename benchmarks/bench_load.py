@@ -116,8 +116,8 @@ def main() -> None:
     if a.child:
         print(json.dumps(train_epochs(*json.loads(a.child))))
         return
-    epochs, steps = (2, 20) if a.quick else (a.epochs, a.steps)
-    threads = a.threads or sorted({1, os.cpu_count() or 1})
+    epochs, steps = (1, 10) if a.quick else (a.epochs, a.steps)
+    threads = a.threads or ([os.cpu_count() or 1] if a.quick else sorted({1, os.cpu_count() or 1}))
     load = os.getloadavg()[0]
     print(f"# bench_load: heads-only step, batch 32, {steps} steps/epoch, median of {epochs} epochs; "
           f"{os.cpu_count()} cores, load avg {load:.2f} at start")
