@@ -25,12 +25,13 @@ import copy
 from .core import Config, Registry, get_device, get_logger, local_places, set_tf32
 
 # %% auto 0
-__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'TOWERS', 'WEIGHT_SUFFIXES', 'HEAD_PREFIXES', 'minilm_path',
-           'efficientnet_lite0_path', 'smoke_model_config', 'register_model_config', 'efficientnet_lite0_state_dict',
-           'load_efficientnet_lite0', 'RandomRot90', 'make_transforms', 'tiny_clip_config', 'split_projection',
-           'head_width', 'ResidualAdapter', 'make_head', 'masked_mean', 'RetrievalModel', 'resolve_model_name',
-           'resolve_weights', 'is_torchscript', 'load_torchscript_weights', 'build_model', 'block_stack',
-           'top_parameter_names', 'set_trainable', 'param_groups', 'embed_images', 'embed_texts']
+__all__ = ['log', 'SMOKE_MODEL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'SEGMENT_POOLS', 'TOWERS', 'WEIGHT_SUFFIXES', 'HEAD_PREFIXES',
+           'minilm_path', 'efficientnet_lite0_path', 'smoke_model_config', 'register_model_config',
+           'efficientnet_lite0_state_dict', 'load_efficientnet_lite0', 'RandomRot90', 'make_transforms',
+           'tiny_clip_config', 'split_projection', 'head_width', 'ResidualAdapter', 'make_head', 'masked_mean',
+           'RetrievalModel', 'resolve_model_name', 'resolve_weights', 'is_torchscript', 'load_torchscript_weights',
+           'build_model', 'block_stack', 'top_parameter_names', 'set_trainable', 'param_groups', 'embed_images',
+           'embed_texts']
 
 # %% ../nbs/06_towers.ipynb 7
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach a model hub implicitly
@@ -193,13 +194,19 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp(min=1)
 
 # %% ../nbs/06_towers.ipynb 63
+SEGMENT_POOLS = ("normalized", "mean")   # ours: mean of unit slot embeddings; the authors': plain mean of the slot embeddings
+
+# %% ../nbs/06_towers.ipynb 64
 class RetrievalModel(nn.Module):
     """Any open_clip model as trunks (pre-projection) + heads, with segment tower, tokenizer, transforms."""
     def __init__(self, clip: nn.Module, tokenizer: Callable, train_transform: Callable, eval_transform: Callable,
-                 name: str, pretrained: str, adapter_blocks: int = 1, segment_tower: str = "separate"):
+                 name: str, pretrained: str, adapter_blocks: int = 1, segment_tower: str = "separate",
+                 segment_pool: str = "normalized"):
         super().__init__()
         if segment_tower not in ("separate", "shared"):
             raise ValueError(f"segment_tower={segment_tower!r}; choose 'separate' or 'shared'")
+        if segment_pool not in SEGMENT_POOLS:
+            raise ValueError(f"segment_pool={segment_pool!r}; choose one of {SEGMENT_POOLS}")
         self.image_head = make_head(split_projection(clip, "image"), adapter_blocks)
         self.text_head = make_head(split_projection(clip, "text"), adapter_blocks)
         self.clip, self.tokenizer = clip, tokenizer
@@ -207,6 +214,7 @@ class RetrievalModel(nn.Module):
         self.segment_head = copy.deepcopy(self.image_head) if segment_tower == "separate" else None
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.name, self.pretrained, self.segment_tower = name, pretrained, segment_tower
+        self.segment_pool = segment_pool                   # how slot embeddings pool into one (`embed_segment_features`)
 
     def forward(self, batch: dict) -> dict:
         """Embeddings of a batch dict: `images` or `image_features`, `texts` or `text_features`,
@@ -230,7 +238,7 @@ class RetrievalModel(nn.Module):
                 out["has_segment"] = batch["segment_valid"].any(1).to(out["segment"].device)
         return out
 
-# %% ../nbs/06_towers.ipynb 67
+# %% ../nbs/06_towers.ipynb 68
 @patch(as_prop=True)
 def logit_scale(self: RetrievalModel) -> torch.Tensor:
     return self.clip.logit_scale
@@ -244,7 +252,7 @@ def embed_dim(self: RetrievalModel) -> int:
     """Dimension of the shared embedding space (the image projection's output)."""
     return [m for m in self.image_head.modules() if isinstance(m, nn.Linear)][-1].out_features
 
-# %% ../nbs/06_towers.ipynb 71
+# %% ../nbs/06_towers.ipynb 72
 @patch
 def tokenize(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
     return self.tokenizer(list(texts)).to(self.device)
@@ -264,7 +272,7 @@ def segment_features(self: RetrievalModel, crops: torch.Tensor) -> torch.Tensor:
 def text_features(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
     return self.clip.encode_text(self.tokenize(texts))
 
-# %% ../nbs/06_towers.ipynb 75
+# %% ../nbs/06_towers.ipynb 76
 @patch
 def embed_image_features(self: RetrievalModel, f: torch.Tensor) -> torch.Tensor:
     return F.normalize(self.image_head(f), dim=-1)
@@ -272,14 +280,16 @@ def embed_image_features(self: RetrievalModel, f: torch.Tensor) -> torch.Tensor:
 @patch
 def embed_segment_features(self: RetrievalModel, f: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Pooled segment embedding per image from slot features `[B, K, D]` and `valid [B, K]`."""
-    slots = F.normalize((self.segment_head or self.image_head)(f), dim=-1)
+    slots = (self.segment_head or self.image_head)(f)
+    if self.segment_pool == "normalized":
+        slots = F.normalize(slots, dim=-1)
     return F.normalize(masked_mean(slots, valid.to(slots.device)), dim=-1)
 
 @patch
 def embed_text_features(self: RetrievalModel, f: torch.Tensor) -> torch.Tensor:
     return F.normalize(self.text_head(f), dim=-1)
 
-# %% ../nbs/06_towers.ipynb 79
+# %% ../nbs/06_towers.ipynb 80
 @patch
 def encode_image(self: RetrievalModel, images: torch.Tensor) -> torch.Tensor:
     """L2-normalised image embeddings."""
@@ -295,10 +305,10 @@ def encode_text(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
     """L2-normalised embeddings of raw caption strings."""
     return self.embed_text_features(self.text_features(texts))
 
-# %% ../nbs/06_towers.ipynb 83
+# %% ../nbs/06_towers.ipynb 84
 TOWERS = Registry("backbone")
 
-# %% ../nbs/06_towers.ipynb 85
+# %% ../nbs/06_towers.ipynb 86
 def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     pre = cfg.pretrained
     register_model_config(SMOKE_MODEL, smoke_model_config(cfg.image_size, cfg.context_length,
@@ -309,7 +319,7 @@ def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
         log.info(f"model {SMOKE_MODEL}: ImageNet EfficientNet-Lite0 ({n} tensors) + all-MiniLM-L6-v2 from {minilm_path()}")
     return clip, IMAGENET_MEAN, IMAGENET_STD
 
-# %% ../nbs/06_towers.ipynb 87
+# %% ../nbs/06_towers.ipynb 88
 TOWERS.register(SMOKE_MODEL, _smoke_clip)
 for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=True)),
                    ("UC-TinyConvNeXt", dict(vision="convnext"))):
@@ -318,7 +328,7 @@ for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=
         return _open_clip(cfg.replace(model_name=_name))
     TOWERS.register(_name, _tiny)
 
-# %% ../nbs/06_towers.ipynb 90
+# %% ../nbs/06_towers.ipynb 91
 def resolve_model_name(name: str, pretrained: str) -> str:
     """`name`, or its `-quickgelu` variant when the weights are OpenAI's and open_clip has one."""
     if pretrained == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
@@ -326,7 +336,7 @@ def resolve_model_name(name: str, pretrained: str) -> str:
         return f"{name}-quickgelu"
     return name
 
-# %% ../nbs/06_towers.ipynb 93
+# %% ../nbs/06_towers.ipynb 94
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 
 def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
@@ -341,7 +351,7 @@ def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
                                 f"see data/README.md, section 'CLIP (open_clip)'")
     return pretrained
 
-# %% ../nbs/06_towers.ipynb 96
+# %% ../nbs/06_towers.ipynb 97
 def is_torchscript(path: str | Path) -> bool:
     """Whether `path` is a TorchScript archive (a zip with a `code/` folder), like OpenAI's CLIP files."""
     try:
@@ -350,7 +360,7 @@ def is_torchscript(path: str | Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
 
-# %% ../nbs/06_towers.ipynb 99
+# %% ../nbs/06_towers.ipynb 100
 def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
     """Copy the tensors of a TorchScript CLIP archive into `clip` by name (strict); returns the tensor count."""
     state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -364,7 +374,7 @@ def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
                          f"is model_name right (OpenAI files need the -quickgelu variant)?") from e
     return len(state)
 
-# %% ../nbs/06_towers.ipynb 101
+# %% ../nbs/06_towers.ipynb 102
 def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), resolve_weights(cfg.pretrained)
     if pre == "local":
@@ -376,7 +386,7 @@ def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
         log.info(f"model {name}: {n} tensors from the TorchScript archive {pre}")
     return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
 
-# %% ../nbs/06_towers.ipynb 103
+# %% ../nbs/06_towers.ipynb 104
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
     """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`.
 
@@ -390,7 +400,7 @@ def build_model(cfg: Config, device: str | torch.device | None = None) -> Retrie
         set_tf32(cfg.tf32)
     return model.to(device)
 
-# %% ../nbs/06_towers.ipynb 105
+# %% ../nbs/06_towers.ipynb 106
 def _build(cfg: Config) -> RetrievalModel:
     builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
     clip, mean, std = builder(cfg)
@@ -403,7 +413,7 @@ def _build(cfg: Config) -> RetrievalModel:
     return RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
                           train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
 
-# %% ../nbs/06_towers.ipynb 124
+# %% ../nbs/06_towers.ipynb 125
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the tower's largest list of repeated blocks."""
     best, best_n = None, -1
@@ -417,7 +427,7 @@ def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
         raise ValueError(f"{type(tower).__name__}: no stack of repeated blocks found")
     return best
 
-# %% ../nbs/06_towers.ipynb 127
+# %% ../nbs/06_towers.ipynb 128
 def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
     """(prefix, module) of each trunk: image, segment (if separate), text."""
     c = model.clip
@@ -427,7 +437,7 @@ def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
         parts.insert(1, ("segment_visual", model.segment_visual))
     return parts
 
-# %% ../nbs/06_towers.ipynb 130
+# %% ../nbs/06_towers.ipynb 131
 def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
     """Names of the last `blocks` blocks of every trunk and of the non-embedding layers after them."""
     out = set()
@@ -447,13 +457,13 @@ def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
                 out.add(f"{prefix}.{n}")
     return out
 
-# %% ../nbs/06_towers.ipynb 133
+# %% ../nbs/06_towers.ipynb 134
 HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")   # every head parameter's name starts with one
 
 def _is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES) or name == "clip.logit_scale"
 
-# %% ../nbs/06_towers.ipynb 136
+# %% ../nbs/06_towers.ipynb 137
 def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> int:
     """Freeze/unfreeze parameters by `mode` ('all'|'top'|'heads'); returns the trainable count."""
     if mode not in ("all", "top", "heads"):
@@ -463,7 +473,7 @@ def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> 
         p.requires_grad_(mode == "all" or _is_head(n) or n in top)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/06_towers.ipynb 139
+# %% ../nbs/06_towers.ipynb 140
 def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
     """Optimizer groups: heads at `lr`, trunks at `lr_backbone`; no decay on norms, biases, temperature."""
     groups = {(h, d): [] for h in (True, False) for d in (True, False)}
@@ -473,7 +483,7 @@ def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_de
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 143
+# %% ../nbs/06_towers.ipynb 144
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""
@@ -483,7 +493,7 @@ def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_siz
         out.append(model.encode_image(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
-# %% ../nbs/06_towers.ipynb 146
+# %% ../nbs/06_towers.ipynb 147
 @torch.no_grad()
 def embed_texts(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised embeddings of caption strings, on CPU."""
