@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -16,14 +17,17 @@ import torch
 from .core import (
     PLAN_FIELDS, Config, atomic_torch_save, atomic_write, get_config, get_logger, paths, pick_seeds, safe_torch_load,
     seed_everything)
+from .data import Manifest
+from .datasets import prepare, unlisted_rows
 from .features import Rows
 from .protocols import PROTOCOLS, domain_probe, load_run_state, run_protocol, run_state, target_parts
-from .train import make_items, train
+from .train import make_items, train, uses_features
 
 # %% auto 0
 __all__ = ['log', 'HEADLINE_PROTOCOLS', 'GRID_RECIPES', 'grid_protocols', 'grid_seeds', 'recipe_protocols', 'Cell', 'slug',
            'grid_cells', 'grid_dir', 'cell_path', 'source_path', 'target_path', 'state_key', 'plain', 'stored_state',
-           'GridContext', 'recipe_config', 'source_state', 'target_run', 'run_cell', 'read_cell', 'gather']
+           'GridContext', 'recipe_config', 'unlisted_target_rows', 'source_state', 'target_run', 'run_cell',
+           'read_cell', 'gather']
 
 # %% ../nbs/13b_grid.ipynb 3
 log = get_logger("urbancross.grid")
@@ -149,7 +153,19 @@ def recipe_config(ctx: GridContext, recipe: str, seed: int) -> Config:
     c = ctx.cfg if recipe == ctx.cfg.recipe else get_config(ctx.cfg.profile, **{**ctx.overrides, "recipe": recipe})
     return c.replace(seed=seed)
 
-# %% ../nbs/13b_grid.ipynb 43
+# %% ../nbs/13b_grid.ipynb 44
+def unlisted_target_rows(cfg: Config, model: torch.nn.Module, targets: Sequence[str],
+                         segments: Mapping | None = None) -> tuple[Rows | None, Mapping | None]:
+    """(The unlisted images of `targets` as rows of the kind `cfg` trains on, `segments` with theirs added); (None,
+    `segments`) when there are none."""
+    frames = [unlisted_rows(cfg, d) for d in targets]
+    if not sum(map(len, frames)):
+        return None, segments
+    rows, own, _ = prepare(cfg, Manifest(pd.concat(frames, ignore_index=True)), model)
+    log.info(f"grid: {len(rows)} unlisted target images of {list(targets)} as unlabeled target rows")
+    return rows, (segments if uses_features(cfg) or segments is None else ChainMap(segments, own))
+
+# %% ../nbs/13b_grid.ipynb 46
 def source_state(ctx: GridContext, source: str, seed: int, recipe: str = "authors") -> dict:
     """The source checkpoint of `(source, seed, recipe)`: trained on the source's training split, ending on its best
     epoch on the source's validation split (`cfg.keep_best`), or read back."""
@@ -161,7 +177,7 @@ def source_state(ctx: GridContext, source: str, seed: int, recipe: str = "author
     return stored_state(source_path(ctx.root, source, seed, recipe), state_key(c, src, f"source {source}"), make,
                         f"source checkpoint {source} seed {seed} ({recipe})")["state"]
 
-# %% ../nbs/13b_grid.ipynb 45
+# %% ../nbs/13b_grid.ipynb 48
 def target_run(ctx: GridContext, target: str, protocol: str, seed: int, recipe: str = "authors") -> dict:
     """The run of a target-trained protocol on `(target, seed)` under `recipe`: state, metrics, history and test hits."""
     c = recipe_config(ctx, recipe, seed)
@@ -176,7 +192,7 @@ def target_run(ctx: GridContext, target: str, protocol: str, seed: int, recipe: 
     return stored_state(target_path(ctx.root, target, protocol, seed, recipe), state_key(c, tgt, f"target {target} {protocol}"),
                         make, f"{protocol} on {target} seed {seed} ({recipe})")
 
-# %% ../nbs/13b_grid.ipynb 47
+# %% ../nbs/13b_grid.ipynb 50
 def run_cell(ctx: GridContext, cell: Cell) -> dict:
     """Run one cell, write `cells/<cell>.json` atomically, and return its contents."""
     c, spec = recipe_config(ctx, cell.recipe, cell.seed), PROTOCOLS.get(cell.protocol)
@@ -207,7 +223,7 @@ def run_cell(ctx: GridContext, cell: Cell) -> dict:
     log.info(f"grid: {cell.name}: mR {row.get('mR', float('nan')):.2f} -> {path.name}")
     return out
 
-# %% ../nbs/13b_grid.ipynb 50
+# %% ../nbs/13b_grid.ipynb 53
 def read_cell(path: Path) -> dict:
     """One cell file, or an error naming it."""
     try:
@@ -217,7 +233,7 @@ def read_cell(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cell file {path} is not valid JSON ({e}); delete it and rerun its cell") from e
 
-# %% ../nbs/13b_grid.ipynb 52
+# %% ../nbs/13b_grid.ipynb 55
 def gather(root: str | Path, cells: Sequence[Cell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(runs, per-image hits, histories) of `cells`, each tagged with source, target, protocol, recipe and seed."""
     missing = [c.name for c in cells if not cell_path(root, c).exists()]
