@@ -473,14 +473,14 @@ def _train_groups(cfg: Config, model: RetrievalModel, disc: nn.Module | None, fi
     return groups
 
 # %% ../nbs/12_train.ipynb 121
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}    # cfg.optimizer -> its class
+OPTIMIZERS = {"adamw": "AdamW", "adam": "Adam"}   # cfg.optimizer -> its torch.optim class, looked up when a run starts
 
 # %% ../nbs/12_train.ipynb 122
 def _optimizer(cfg: Config, groups: list[dict], multiplier: Callable[[int], float], device: torch.device) -> tuple:
     """(`cfg.optimizer` over `groups`, the schedule of every step's `multiplier`, the fp16 gradient scaler)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={cfg.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-    opt = OPTIMIZERS[cfg.optimizer](groups, foreach=True)
+    opt = getattr(torch.optim, OPTIMIZERS[cfg.optimizer])(groups, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16" and device.type == "cuda"))
     return opt, sched, scaler
