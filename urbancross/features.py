@@ -70,8 +70,8 @@ def text_tower_features(model: RetrievalModel, texts: Sequence[str], batch_size:
     unique = list(dict.fromkeys(texts))
     chunks = [model.text_features(unique[s:s + batch_size]).float().cpu()
               for s in progress(range(0, len(unique), batch_size), desc=f"text features ({len(unique)} texts)", leave=False)]
-    if not chunks:
-        return torch.zeros(0)
+    if not chunks:                 # no captions (unlisted images): [0, D], so that it joins a captioned bank
+        return torch.zeros(0, model.text_features([""]).shape[-1])
     row = {t: i for i, t in enumerate(unique)}
     return torch.cat(chunks)[torch.tensor([row[t] for t in texts], dtype=torch.long)]
 
