@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model_name="UC-TinyViT", pretrained="", image_size=32, context_length=16, images_per_domain=20,
             tile_size=64, epochs=1, batch_size=8, da_epochs=1, source_batch=8, target_batch=2, num_seg_stored=3,
             num_seg=2, segment_size=32, views=1, device="cpu", eval_block_size=64, threads=1)
-EXTRA = {"20_within_domain": dict(budget_steps=2), "21_ablation_sam": dict(seeds=[0]),
+EXTRA = {"20_within_domain": dict(budget_steps=2), "20b_integration": dict(seeds=[0]), "21_ablation_sam": dict(seeds=[0]),
          "22_ablation_lmm": dict(seeds=[0]), "23_cross_domain": dict(seeds=[0]),
          "23b_cross_domain_summary": dict(seeds=[0]), "24_retrieval_demo": dict(k=3)}
-WRITES = {"20_within_domain": "within_domain", "21_ablation_sam": "ablation_sam", "22_ablation_lmm": "ablation_lmm",
+WRITES = {"20_within_domain": "within_domain", "20b_integration": "integration", "21_ablation_sam": "ablation_sam", "22_ablation_lmm": "ablation_lmm",
           "23b_cross_domain_summary": "cross_domain", "25_paper_vs_ours": "paper_vs_ours", "26_rs_benchmarks": "rs_benchmarks",
           "27_claims": "claims"}
 
@@ -40,7 +40,7 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
     out = tiny_root / "outputs" / regime
     out.mkdir(parents=True)
     nbs = experiment_notebooks(ROOT / "nbs")
-    assert [p.stem for p in nbs] == ["20_within_domain", "21_ablation_sam", "22_ablation_lmm", "23_cross_domain",
+    assert [p.stem for p in nbs] == ["20_within_domain", "20b_integration", "21_ablation_sam", "22_ablation_lmm", "23_cross_domain",
                                      "23b_cross_domain_summary", "24_retrieval_demo", "25_paper_vs_ours", "26_rs_benchmarks", "27_claims"]
     for nb in nbs:
         params = dict(profile="smoke", overrides={**TINY, "trainable": regime}, **EXTRA.get(nb.stem, {}))
@@ -54,10 +54,16 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
     assert set(cross.protocol) <= set(PROTOCOLS) and len(cross) == 6 * cross.protocol.nunique()
     assert {"paper: UrbanCross", "paper: w/o DA", "zero-shot transfer"} <= set(cross.protocol)
     assert cross.mR.between(0, 100).all()
-    within = pd.read_csv(tiny_root / "results" / "smoke" / "within_domain.csv")
-    assert (within.model == "end to end").sum() == 1                     # smoke: pixel rows on the first domain
+    study = pd.read_csv(tiny_root / "results" / "smoke" / "within_domain_study.csv")
+    assert (study.model == "end to end").sum() == 1                      # smoke: pixel rows on the first domain
+    # the experiment tables run both recipes: the authors' (the paper's rows) and ours
+    for name in ("within_domain", "integration", "ablation_sam", "ablation_lmm", "rs_benchmarks"):
+        t = pd.read_csv(tiny_root / "results" / "smoke" / f"{name}.csv")
+        assert {"authors", "ours"} <= set(t.recipe), name
+    integration = pd.read_csv(tiny_root / "results" / "smoke" / "integration.csv")
+    assert set(integration.arm) == {"same country", "integration", "from finland", "from germany", "from spain"}
     # every compared number carries an interval and the sizes behind it
-    for name in ("within_domain", "ablation_sam", "ablation_lmm", "cross_domain"):
+    for name in ("within_domain", "integration", "ablation_sam", "ablation_lmm", "cross_domain"):
         t = pd.read_csv(tiny_root / "results" / "smoke" / f"{name}.csv")
         assert {"delta", "ci_low", "ci_high", "n_test_images", "n_seeds"} <= set(t.columns), name
         has = t.delta.notna()

@@ -19,7 +19,8 @@ from .experiment import experiment_notebooks
 from .fixtures import write_karpathy_fixture, write_release_fixture, write_tiny_weights
 
 # %% auto 0
-__all__ = ['DRYRUN_SIZES', 'DRYRUN_PARAMS', 'dryrun_settings', 'make_dryrun_root', 'dryrun_command', 'paper_dryrun']
+__all__ = ['DRYRUN_SIZES', 'DRYRUN_PARAMS', 'REQUIRED_TABLES', 'dryrun_settings', 'make_dryrun_root', 'dryrun_command',
+           'recipe_tables', 'paper_dryrun']
 
 # %% ../nbs/17_dryrun.ipynb 5
 DRYRUN_SIZES = dict(model_name="UC-TinyViT", image_size=32, context_length=16, device="cpu", epochs=1, batch_size=8,
@@ -58,7 +59,22 @@ def dryrun_command(made: dict, only: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "urbancross", "run-all", "--profile", "paper", *(a for s in sets for a in ("--set", s)),
             *(a for p in params for a in ("--param", p)), *(a for o in only for a in ("--only", o))]
 
-# %% ../nbs/17_dryrun.ipynb 17
+# %% ../nbs/17_dryrun.ipynb 18
+REQUIRED_TABLES = ("within_domain", "integration", "ablation_sam", "ablation_lmm", "rs_benchmarks")
+
+def recipe_tables(results: str | Path, recipe: str = "authors") -> list[str]:
+    """Problems with `REQUIRED_TABLES` under `results` (a profile's results folder): missing, or no `recipe` rows."""
+    import pandas as pd   # the run side's table reader, loaded when the check runs
+    problems = []
+    for name in REQUIRED_TABLES:
+        f = Path(results) / f"{name}.csv"
+        if not f.exists():
+            problems.append(f"{f}: missing")
+        elif recipe not in set(pd.read_csv(f).get("recipe", pd.Series(dtype=str))):
+            problems.append(f"{f}: no rows of recipe {recipe!r}")
+    return problems
+
+# %% ../nbs/17_dryrun.ipynb 20
 def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), images_per_domain: int = 12) -> dict:
     """Run every experiment notebook through the paper profile's front door on fixture data; rc and seconds."""
     keep = workdir is not None                      # a temporary root is removed after a successful run
@@ -72,11 +88,12 @@ def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), im
     outs = workdir / "outputs" / "paper"
     missing = [n for n in expected if not (outs / n).exists()]
     seconds = round(time.time() - t0, 1)
-    rc = rc if not missing else (rc or 1)
+    problems = recipe_tables(workdir / "results" / "paper") if rc == 0 and not only else []
+    rc = rc if not (missing or problems) else (rc or 1)
     kept = rc != 0 or keep
     print(f"dry run: rc={rc}, {len(expected) - len(missing)}/{len(expected)} notebooks executed "
-          f"({', '.join(missing) or 'none'} missing) in {seconds} s; "
+          f"({', '.join(missing) or 'none'} missing) in {seconds} s; " + "".join(f"{p}; " for p in problems)
           + (f"outputs in {outs}" if kept else "temporary root removed (pass --workdir to keep it)"), flush=True)
     if not kept:
         shutil.rmtree(workdir, ignore_errors=True)
-    return dict(rc=rc, seconds=seconds, workdir=workdir, missing=missing)
+    return dict(rc=rc, seconds=seconds, workdir=workdir, missing=missing, problems=problems)
