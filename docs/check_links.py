@@ -85,7 +85,9 @@ def check_site(site: str | Path, notebooks: str | Path | None = None) -> tuple[l
     site = Path(site)
     if not (site / "index.html").is_file():
         return [f"{site}: no index.html (was the site built? `make docs`)"], {"pages": 0, "links": 0}
-    pages = sorted(site.rglob("*.html"))
+    # pages, not the theme's assets: _static/ holds copied files such as pydata-sphinx-theme's Jinja template
+    # webpack-macros.html, whose `{{ pathto(...) }}` links are filled in when a page is rendered, not in the file
+    pages = sorted(p for p in site.rglob("*.html") if "_static" not in p.relative_to(site).parts)
     parsed = {p: parse(p) for p in pages}
     problems: list[str] = []
     n_links = n_images = 0

@@ -33,10 +33,14 @@ autodoc_inherit_docstrings = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 
-html_theme = "alabaster"
+# sphinx-book-theme (Jupyter Book's theme, made for pages of notebooks): offline (no repository buttons, no
+# launch buttons, no analytics), the page's own table of contents in the right column; urbancross.css widens the
+# article and wraps code cells, logs and tables, so nothing scrolls sideways in a 1400 px window.
+html_theme = "sphinx_book_theme"
 html_title = f"{project} {release}"
-html_theme_options = {"page_width": "1240px", "sidebar_width": "260px", "description": _s["description"]}
-html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
+html_theme_options = {"show_toc_level": 2, "home_page_in_toc": True, "use_download_button": False,
+                      "use_fullscreen_button": False, "use_repository_button": False, "navigation_with_keys": False,
+                      "show_navbar_depth": 1, "launch_buttons": {}}
 html_show_sourcelink = False
 html_static_path = ["_static"]
 html_css_files = ["urbancross.css"]
