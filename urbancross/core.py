@@ -193,6 +193,7 @@ class _SegmentFields(_TrainingFields):
     sam_stability_score_thresh: float = 0.95
     num_seg_stored: int = 10               # segments cached per image (paper: 10)
     num_seg: int = 5                       # segments used per image
+    segment_pool: str = "normalized"       # 'normalized' (mean of unit segment embeddings) | 'mean' (upstream: plain mean)
     num_seg_by_data: tuple = ()            # (("rsicd", 6), ...): a dataset's own num_seg (Config.for_data)
     segment_size: int = 64                 # crop side in pixels
     segment_workers: int = 1               # processes computing superpixel segments (SAM always runs in one)
@@ -232,6 +233,7 @@ class _AdaptationFields(_SegmentFields):
     disc_hidden: int = 256
     disc_lr: float = 0.0                   # the discriminator's learning rate (0: da_lr)
     w_target_negative: float = 1.0         # upstream triplet: source image, its caption, hardest target image
+    hard_negative_detach: bool = True      # the hardest target image is a constant in that triplet (upstream: gradients reach it)
 
 # %% ../nbs/00_core.ipynb 48
 @dataclass

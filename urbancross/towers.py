@@ -411,7 +411,8 @@ def _build(cfg: Config) -> RetrievalModel:
     train_tf, eval_tf = make_transforms(cfg.image_size, mean, std)
     tok_name = cfg.model_name if cfg.model_name in open_clip.list_models() else resolve_model_name(cfg.model_name, cfg.pretrained)
     return RetrievalModel(clip, open_clip.get_tokenizer(tok_name, context_length=cfg.context_length),
-                          train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower)
+                          train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower,
+                          cfg.segment_pool)
 
 # %% ../nbs/06_towers.ipynb 125
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:

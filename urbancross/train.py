@@ -251,7 +251,8 @@ def _target_terms(cfg: Config, disc: nn.Module | None, sub: dict, tgt: dict, tgt
         t_loss, _ = urbancross_loss(cfg.replace(use_sam=False), tgt, list(tgt_texts), logit_scale)
         terms.append(t_loss); logs["loss_target_it"] = float(t_loss.detach())
     if cfg.w_target_negative > 0:
-        hn = hard_negative_loss(sub["image"], sub["text"], tgt["image"].detach(), hard_negative_margin(stage))
+        negatives = tgt["image"].detach() if cfg.hard_negative_detach else tgt["image"]
+        hn = hard_negative_loss(sub["image"], sub["text"], negatives, hard_negative_margin(stage))
         terms.append(cfg.w_target_negative * hn); logs["loss_hard_negative"] = float(hn.detach())
     if disc is not None:
         adv, acc = _adversarial_term(cfg, disc, sub["image"], tgt["image"], scores, progress)
