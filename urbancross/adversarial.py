@@ -15,7 +15,7 @@ from .curriculum import score_weights
 # %% auto 0
 __all__ = ['log', 'GradientReversal', 'grad_reverse', 'GradientReversalLayer', 'grl_lambda', 'DomainDiscriminator',
            'prediction_entropy', 'sample_weights', 'weighted_domain_loss', 'domain_loss', 'weighted_adversarial_loss',
-           'domain_probe_accuracy']
+           'domain_probe_accuracy', 'two_moons', 'adversary_lambda', 'moons_dann']
 
 # %% ../nbs/09_adversarial.ipynb 5
 log = get_logger("urbancross.adversarial")
@@ -171,3 +171,52 @@ def domain_probe_accuracy(src_emb: torch.Tensor, tgt_emb: torch.Tensor, seed: in
     with torch.no_grad():
         pred, truth = (x[~tr] @ w + b) > 0, y[~tr] == 1
         return float(((pred & truth).sum() / truth.sum() + (~pred & ~truth).sum() / (~truth).sum()) / 2)
+
+# %% ../nbs/09_adversarial.ipynb 51
+def two_moons(n: int, generator: torch.Generator, angle: float = 0.0, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` points of two interleaving half circles (labels alternate 0, 1), rotated `angle` degrees about their centre."""
+    y = torch.arange(n) % 2
+    t = torch.rand(n, generator=generator) * math.pi
+    upper = torch.stack([torch.cos(t), torch.sin(t)], 1)
+    lower = torch.stack([1 - torch.cos(t), 0.5 - torch.sin(t)], 1)
+    x = torch.where(y[:, None] == 0, upper, lower) + noise * torch.randn(n, 2, generator=generator)
+    a, centre = math.radians(angle), torch.tensor([0.5, 0.25])
+    rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    return (x - centre) @ rot.T + centre, y
+
+
+# %% ../nbs/09_adversarial.ipynb 54
+def adversary_lambda(schedule: str, progress: float, gamma: float = 10.0) -> float:
+    """Reversal weight at training `progress`: 1 throughout ('constant') or DANN's ramp `grl_lambda` ('ramp')."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "ramp":
+        return grl_lambda(progress, gamma)
+    raise ValueError(f"schedule={schedule!r}; choose 'constant' or 'ramp'")
+
+
+# %% ../nbs/09_adversarial.ipynb 57
+def moons_dann(weight: float, schedule: str = "ramp", seed: int = 0, n: int = 150, angle: float = 35.0,
+               steps: int = 1000, hidden: int = 32, lr: float = 0.01, disc_lr: float = 0.0) -> dict:
+    """DANN on two moons: features + label classifier on labelled source, `DomainDiscriminator` behind the reversal
+    (`weighted_adversarial_loss`, weighted by `weight`), full batch, Adam with DANN's decay; scored on fresh points."""
+    g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
+    (xs, ys), (xt, _) = two_moons(n, g), two_moons(n, g, angle)
+    (xs_eval, ys_eval), (xt_eval, yt_eval) = two_moons(500, g), two_moons(500, g, angle)
+    features = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+    classifier, disc = nn.Linear(hidden, 2), DomainDiscriminator(hidden, hidden=hidden, dropout=0.0)
+    opt = torch.optim.Adam([dict(params=[*features.parameters(), *classifier.parameters()]),
+                            dict(params=list(disc.parameters()), lr=disc_lr or lr)], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + 10 * s / steps) ** -0.75)   # DANN's annealing
+    for step in range(steps):
+        zs, zt = features(xs), features(xt)
+        loss = F.cross_entropy(classifier(zs), ys)
+        if weight > 0:
+            loss = loss + weight * weighted_adversarial_loss(disc, zs, zt, adversary_lambda(schedule, step / steps))
+        opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+    with torch.no_grad():
+        zs, zt = features(xs_eval), features(xt_eval)
+        acc = lambda z, y: float((classifier(z).argmax(1) == y).float().mean())
+        return dict(weight=weight, schedule=schedule, seed=seed, probe=domain_probe_accuracy(zs, zt, seed=seed),
+                    target_acc=acc(zt, yt_eval), source_acc=acc(zs, ys_eval))
+
