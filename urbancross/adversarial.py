@@ -15,7 +15,7 @@ from .curriculum import score_weights
 # %% auto 0
 __all__ = ['log', 'GradientReversal', 'grad_reverse', 'GradientReversalLayer', 'grl_lambda', 'DomainDiscriminator',
            'prediction_entropy', 'sample_weights', 'weighted_domain_loss', 'domain_loss', 'weighted_adversarial_loss',
-           'domain_probe_accuracy', 'two_moons', 'adversary_lambda', 'moons_dann']
+           'domain_probe_accuracy', 'two_moons', 'adversary_lambda', 'moons_dann', 'domain_confusion_loss']
 
 # %% ../nbs/09_adversarial.ipynb 5
 log = get_logger("urbancross.adversarial")
@@ -220,3 +220,25 @@ def moons_dann(weight: float, schedule: str = "ramp", seed: int = 0, n: int = 15
         return dict(weight=weight, schedule=schedule, seed=seed, probe=domain_probe_accuracy(zs, zt, seed=seed),
                     target_acc=acc(zt, yt_eval), source_acc=acc(zs, ys_eval))
 
+
+# %% ../nbs/09_adversarial.ipynb 61
+def _weighted_mean(per: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `per`, or its `w`-weighted mean (`w` already checked)."""
+    return per.mean() if w is None else (w.to(per.device) * per).sum() / w.sum()
+
+# %% ../nbs/09_adversarial.ipynb 63
+def domain_confusion_loss(disc: nn.Module, src_emb: torch.Tensor, tgt_emb: torch.Tensor, lambd: float = 1.0,
+                          src_weights: torch.Tensor | None = None, tgt_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`domain_loss` on detached embeddings (trains `disc`) + `lambd` x the encoder's confusion loss: cross-entropy of
+    the discriminator's prediction (its parameters held fixed) to the uniform domain distribution, minus log K (0 at 50/50)."""
+    ns, nt = len(src_emb), len(tgt_emb)
+    d = domain_loss(disc, src_emb.detach(), tgt_emb.detach(), src_weights, tgt_weights)
+    ws, wt = _check_weights(src_weights, ns, "src_weights"), _check_weights(tgt_weights, nt, "tgt_weights")
+    frozen = {k: v.detach() for k, v in disc.named_parameters()}
+    logits = torch.func.functional_call(disc, frozen, (torch.cat([src_emb, tgt_emb]),))
+    if logits.ndim == 1:
+        per, k = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 0.5), reduction="none"), 2
+    else:
+        per, k = -logits.log_softmax(-1).mean(-1), logits.shape[-1]
+    confusion = (_weighted_mean(per[:ns], ws) + _weighted_mean(per[ns:], wt)) / 2 - math.log(k)
+    return d + lambd * confusion
