@@ -197,9 +197,13 @@ def adversary_lambda(schedule: str, progress: float, gamma: float = 10.0) -> flo
 
 # %% ../nbs/09_adversarial.ipynb 57
 def moons_dann(weight: float, schedule: str = "ramp", seed: int = 0, n: int = 150, angle: float = 35.0,
-               steps: int = 1000, hidden: int = 32, lr: float = 0.01, disc_lr: float = 0.0) -> dict:
+               steps: int = 1000, hidden: int = 32, lr: float = 0.01, disc_lr: float = 0.0,
+               objective: str = "reversal") -> dict:
     """DANN on two moons: features + label classifier on labelled source, `DomainDiscriminator` behind the reversal
-    (`weighted_adversarial_loss`, weighted by `weight`), full batch, Adam with DANN's decay; scored on fresh points."""
+    (`weighted_adversarial_loss`; `objective='confusion'`: `domain_confusion_loss`), weighted by `weight`, full batch,
+    Adam with DANN's decay; scored on fresh points."""
+    if objective not in ("reversal", "confusion"):
+        raise ValueError(f"objective={objective!r}; choose 'reversal' or 'confusion'")
     g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
     (xs, ys), (xt, _) = two_moons(n, g), two_moons(n, g, angle)
     (xs_eval, ys_eval), (xt_eval, yt_eval) = two_moons(500, g), two_moons(500, g, angle)
@@ -212,12 +216,13 @@ def moons_dann(weight: float, schedule: str = "ramp", seed: int = 0, n: int = 15
         zs, zt = features(xs), features(xt)
         loss = F.cross_entropy(classifier(zs), ys)
         if weight > 0:
-            loss = loss + weight * weighted_adversarial_loss(disc, zs, zt, adversary_lambda(schedule, step / steps))
+            adversary = domain_confusion_loss if objective == "confusion" else weighted_adversarial_loss
+            loss = loss + weight * adversary(disc, zs, zt, adversary_lambda(schedule, step / steps))
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     with torch.no_grad():
         zs, zt = features(xs_eval), features(xt_eval)
         acc = lambda z, y: float((classifier(z).argmax(1) == y).float().mean())
-        return dict(weight=weight, schedule=schedule, seed=seed, probe=domain_probe_accuracy(zs, zt, seed=seed),
+        return dict(weight=weight, schedule=schedule, objective=objective, seed=seed, probe=domain_probe_accuracy(zs, zt, seed=seed),
                     target_acc=acc(zt, yt_eval), source_acc=acc(zs, ys_eval))
 
 
