@@ -229,7 +229,7 @@ class _AdaptationFields(_SegmentFields):
     adv_weight: float = 1.0
     adv_gamma: float = 10.0
     adv_weighting: str = "similarity"      # 'similarity' (upstream: target-likeness) | 'entropy' | 'none'
-    adv_mode: str = "reversal"             # 'reversal' (gradient reversal, DANN; the paper's adversary) | 'joint' (upstream code: domain loss minimised jointly)
+    adv_mode: str = "reversal"             # 'reversal' (gradient reversal, DANN; the paper's adversary) | 'joint' (upstream code: domain loss minimised jointly) | 'confusion' (bounded domain confusion, 09_adversarial)
     disc_hidden: int = 256
     disc_lr: float = 0.0                   # the discriminator's learning rate (0: da_lr)
     w_target_negative: float = 1.0         # upstream triplet: source image, its caption, hardest target image

@@ -119,7 +119,8 @@ _ADAPTATION = (
     setting("adv_weight", 1.0, head("engine.py:512 (loss = task + adv)")),
     setting("adv_weighting", "similarity", head("layers/urbancross.py:353-378 (caption similarity to the target, min-max scaled)")),
     setting("adv_mode", "reversal", "paper: a weighted adversarial fine-tuning module (fix of engine.py:512,519,529 @b842b69)",
-            joint="joint"),
+            "confusion", "reversal's objective is unbounded (it can swap the domains); domain confusion is bounded "
+            "and on two moons lowers the probe where reversal does not (28_adversary_study)", joint="joint"),
     setting("adv_gamma", 10.0, "fix: DANN's schedule 2/(1+exp(-10p))-1 (no reversal upstream)"),
     setting("disc_hidden", 768, head("layers/urbancross.py:321-327 (768-768-2 MLP)"), 256,
             "the project's critic; a 256-wide MLP is cheaper and enough for a two-domain decision"),

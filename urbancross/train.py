@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .adversarial import DomainDiscriminator, domain_loss, grl_lambda, sample_weights, weighted_adversarial_loss
+from .adversarial import DomainDiscriminator, domain_confusion_loss, domain_loss, grl_lambda, sample_weights, weighted_adversarial_loss
 from .core import Config, get_logger, seed_everything
 from .curriculum import admit_in_batch, batch_target_likeness, score_weights, source_ratio
 from .data import caption_table, load_image
@@ -224,14 +224,16 @@ def _adversary_weights(cfg: Config, disc: nn.Module, images: torch.Tensor, score
 def _adversarial_term(cfg: Config, disc: nn.Module, src_images: torch.Tensor, tgt_images: torch.Tensor,
                       scores: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted adversarial loss of admitted source images (target-likeness `scores`) against the target's, and the
-    discriminator's balanced accuracy; through gradient reversal, or minimised jointly (`cfg.adv_mode`)."""
+    discriminator's balanced accuracy; through gradient reversal, minimised jointly, or as bounded domain confusion (`cfg.adv_mode`)."""
     w = _adversary_weights(cfg, disc, src_images, scores)
     if cfg.adv_mode == "reversal":
         adv = weighted_adversarial_loss(disc, src_images, tgt_images, grl_lambda(progress, cfg.adv_gamma), src_weights=w)
     elif cfg.adv_mode == "joint":                      # upstream code: one loss that encoder and discriminator both minimise
         adv = domain_loss(disc, src_images, tgt_images, src_weights=w)
+    elif cfg.adv_mode == "confusion":                  # bounded: discriminator on detached embeddings, encoder to 50/50
+        adv = domain_confusion_loss(disc, src_images, tgt_images, grl_lambda(progress, cfg.adv_gamma), src_weights=w)
     else:
-        raise ValueError(f"adv_mode={cfg.adv_mode!r}; choose 'reversal' or 'joint'")
+        raise ValueError(f"adv_mode={cfg.adv_mode!r}; choose 'reversal', 'joint' or 'confusion'")
     with torch.no_grad():
         acc = ((disc(src_images) < 0).float().mean() + (disc(tgt_images) > 0).float().mean()) / 2
     return adv, acc
