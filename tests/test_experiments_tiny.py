@@ -16,7 +16,8 @@ TINY = dict(model_name="UC-TinyViT", pretrained="", image_size=32, context_lengt
             num_seg=2, segment_size=32, views=1, device="cpu", eval_block_size=64, threads=1)
 EXTRA = {"20_within_domain": dict(budget_steps=2), "20b_integration": dict(seeds=[0]), "21_ablation_sam": dict(seeds=[0]),
          "22_ablation_lmm": dict(seeds=[0]), "23_cross_domain": dict(seeds=[0]),
-         "23b_cross_domain_summary": dict(seeds=[0]), "24_retrieval_demo": dict(k=3)}
+         "23b_cross_domain_summary": dict(seeds=[0]), "24_retrieval_demo": dict(k=3),
+         "28_adversary_study": dict(seeds=[0], moons_seeds=1, moons_steps=50)}
 WRITES = {"20_within_domain": "within_domain", "20b_integration": "integration", "21_ablation_sam": "ablation_sam", "22_ablation_lmm": "ablation_lmm",
           "23b_cross_domain_summary": "cross_domain", "25_paper_vs_ours": "paper_vs_ours", "26_rs_benchmarks": "rs_benchmarks",
           "27_claims": "claims"}
@@ -40,8 +41,9 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
     out = tiny_root / "outputs" / regime
     out.mkdir(parents=True)
     nbs = experiment_notebooks(ROOT / "nbs")
-    assert [p.stem for p in nbs] == ["20_within_domain", "20b_integration", "21_ablation_sam", "22_ablation_lmm", "23_cross_domain",
-                                     "23b_cross_domain_summary", "24_retrieval_demo", "25_paper_vs_ours", "26_rs_benchmarks", "27_claims"]
+    known = ["20_within_domain", "20b_integration", "21_ablation_sam", "22_ablation_lmm", "23_cross_domain",
+             "23b_cross_domain_summary", "24_retrieval_demo", "25_paper_vs_ours", "26_rs_benchmarks", "27_claims"]
+    assert [p.stem for p in nbs if p.stem in known] == known                 # in run order (studies may follow)
     for nb in nbs:
         params = dict(profile="smoke", overrides={**TINY, "trainable": regime}, **EXTRA.get(nb.stem, {}))
         pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent),
@@ -51,8 +53,8 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
             assert len(table), nb.stem
     cross = pd.read_csv(tiny_root / "results" / "smoke" / "cross_domain_runs.csv")
     from urbancross.protocols import PROTOCOLS
-    assert set(cross.protocol) <= set(PROTOCOLS) and len(cross) == 6 * cross.protocol.nunique()
-    assert {"paper: UrbanCross", "paper: w/o DA", "zero-shot transfer"} <= set(cross.protocol)
+    assert set(cross.protocol) <= set(PROTOCOLS) and cross.groupby(["protocol", "recipe"]).size().eq(6).all()   # 6 pairs each
+    assert {"paper: UrbanCross", "paper: w/o DA", "zero-shot transfer"} <= set(cross.protocol[cross.recipe == "authors"])
     assert cross.mR.between(0, 100).all()
     study = pd.read_csv(tiny_root / "results" / "smoke" / "within_domain_study.csv")
     assert (study.model == "end to end").sum() == 1                      # smoke: pixel rows on the first domain
@@ -70,6 +72,6 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
         assert has.any() and (t.ci_low[has] <= t.delta[has] + 1e-9).all() and (t.delta[has] <= t.ci_high[has] + 1e-9).all(), name
         assert (tiny_root / "results" / "smoke" / f"{name}_queries.csv.gz").exists(), name
     claims = pd.read_csv(tiny_root / "results" / "smoke" / "claims.csv")
-    assert len(claims) == 6 and set(claims.verdict) <= {"reproduced", "contradicted", "inconclusive"}
+    assert (claims.recipe == "authors").sum() >= 6 and set(claims.verdict) <= {"reproduced", "contradicted", "inconclusive"}
     assert (tiny_root / "results" / "smoke" / "claims.md").exists()
     assert not (tiny_root / "results" / "within_domain.csv").exists()        # tables are kept per profile
