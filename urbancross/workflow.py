@@ -109,7 +109,7 @@ def grid_plan(profile: str, chunk: str | None = None, protocols: Sequence[str] =
     for c in cells:
         need = f"source_{c.source}_s{c.seed}" if PROTOCOLS.get(c.protocol).needs_source_checkpoint else f"target_{c.target}_s{c.seed}"
         out["jobs"].append(dict(name=c.name, params={**base, "seeds": [c.seed], "sources": [c.source], "targets": [c.target],
-                                                     "protocols": [c.protocol]}, cells=[c], needs=[need]))
+                                                     "protocols": [c.protocol], "recipes": [c.recipe]}, cells=[c], needs=[need]))
     return out
 
 # %% ../nbs/14b_workflow.ipynb 30
