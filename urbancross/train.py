@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .adversarial import DomainDiscriminator, domain_confusion_loss, domain_loss, grl_lambda, sample_weights, weighted_adversarial_loss
 from .core import Config, get_logger, seed_everything
