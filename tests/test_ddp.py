@@ -34,7 +34,13 @@ def tiny_config(**kw):
     from urbancross.core import get_config
     base = dict(device="cpu", model_name="UC-TinyViT", pretrained="", image_size=32, context_length=16,
                 trainable="all", lr=1e-2, lr_backbone=3e-3, epochs=2, batch_size=5, threads=THREADS, seed=3,
-                progress="off", views=2, num_seg=2)
+                progress="off", views=2, num_seg=2, da_epochs=5,
+                # the method settings these checks were written for (the 'ours' recipe as it was then), spelled out
+                # so that a change of a recipe's row does not move them
+                recipe="ours", loss="infonce", margin=0.2, w_image_text=1.0, w_segment_text=0.5, w_image_segment=0.5,
+                optimizer="adamw", weight_decay=0.05, lr_schedule="cosine", warmup_frac=0.1, grad_clip=1.0,
+                adapter_blocks=1, da_lr_schedule="cosine", da_schedule="epoch", da_alignment=True,
+                adv_mode="reversal", disc_hidden=256, disc_lr=0.0, segment_pool="normalized", hard_negative_detach=True)
     return get_config("smoke", **{**base, **kw})
 
 
