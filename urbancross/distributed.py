@@ -169,7 +169,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimiz
 RESUME_KEYS = ("seed", "batch_size", "epochs", "lr", "lr_backbone", "weight_decay", "warmup_frac", "loss",
                "margin", "trainable", "trainable_blocks", "adapter_blocks", "model_name", "image_size",
                "context_length", "use_sam", "num_seg", "da_epochs", "da_lr", "source_batch", "target_batch",
-               "select_source", "curriculum", "adversarial", "target_text_loss")
+               "select_source", "curriculum", "adversarial", "target_text_loss", "recipe", "optimizer",
+               "lr_schedule", "lr_step_epochs", "lr_step_gamma", "keep_best", "da_lr_schedule", "da_schedule",
+               "da_passes", "da_alignment", "adv_mode", "disc_lr", "w_image_text", "w_segment_text",
+               "w_image_segment", "w_target_negative", "adv_weight", "segment_pool", "hard_negative_detach")
 
 def check_resumable(ck: dict, cfg: Config, n_items: int, path: str | Path) -> None:
     """Raise `ValueError` naming `path` if `ck` cannot continue a run of `cfg` on `n_items` rows."""
