@@ -110,16 +110,22 @@ def head_probe(model):
     return probe
 
 
-def fine_tune_run(root: Path, threads: int) -> dict:
-    """Two fine-tuning steps (one per epoch: 4 target rows, batches of 6 + 4): per-step logs and head norm."""
+def fine_tune_items(cfg, root: Path) -> tuple:
+    """(tiny model, source items, target items) of the fine-tuning pins: 6 "toy" and 4 "dark" tiles, cached features."""
     from urbancross.features import feature_bank
-    from urbancross.train import make_items, train
-    cfg = fine_tune_config(threads)
+    from urbancross.train import make_items
     model = tiny_model(cfg)
     df = pd.concat([tiles(root, "toy", 6, 1.0), tiles(root, "dark", 4, 0.5)], ignore_index=True)
     bank = feature_bank(cfg, model, df, root / "cache", segments_of(df))
-    src = make_items(cfg, model, bank.select(domain="toy"))
-    tgt = make_items(cfg, model, bank.select(domain="dark"), seed_offset=1)
+    return (model, make_items(cfg, model, bank.select(domain="toy")),
+            make_items(cfg, model, bank.select(domain="dark"), seed_offset=1))
+
+
+def fine_tune_run(root: Path, threads: int) -> dict:
+    """Two fine-tuning steps (one per epoch: 4 target rows, batches of 6 + 4): per-step logs and head norm."""
+    from urbancross.train import train
+    cfg = fine_tune_config(threads)
+    model, src, tgt = fine_tune_items(cfg, root)
     probe, norms = head_probe(model), []
     hist = train(cfg, model, src, tgt, fine_tune=True, on_step=lambda s: norms.append(probe()))
     return dict(history=hist, norms=norms)
@@ -224,16 +230,11 @@ KEEP_BEST_PINS = {"val_rsum": {"epoch1": 250.0, "epoch2": 315.0, "epoch3": 280.0
 
 def authors_fine_tune_run(root: Path, threads: int) -> dict:
     """Three fine-tuning steps (one epoch of three passes: batches of 6 source + 4 target rows), the authors' way."""
-    from urbancross.features import feature_bank
-    from urbancross.train import make_items, train
+    from urbancross.train import train
     cfg = config(threads, **{**AUTHORS, "trainable": "heads", "da_epochs": 1, "da_passes": 3, "source_batch": 6,
                              "target_batch": 4, "da_lr": 1e-3, "curriculum": True, "curriculum_start": 0.5,
                              "adversarial": True})
-    model = tiny_model(cfg)
-    df = pd.concat([tiles(root, "toy", 6, 1.0), tiles(root, "dark", 4, 0.5)], ignore_index=True)
-    bank = feature_bank(cfg, model, df, root / "cache", segments_of(df))
-    src = make_items(cfg, model, bank.select(domain="toy"))
-    tgt = make_items(cfg, model, bank.select(domain="dark"), seed_offset=1)
+    model, src, tgt = fine_tune_items(cfg, root)
     probe, steps = head_probe(model), []
     hist = train(cfg, model, src, tgt, fine_tune=True, on_step=lambda s: steps.append(dict(probe(), loss=s["loss"])))
     return dict(history=hist, steps=steps)
