@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_COMMANDS = {"reproduce": ["--dry-run", "--cores", "--executor", "--grid-chunk", "--set", "--param", "--only"],
                        "run-all": ["--profile", "--set", "--param", "--only"],
                        "preflight": ["--profile", "--set", "--only"],
+                       "prepare": ["--profile", "--set", "--marker"],
                        "dryrun": ["--workdir", "--only"],
                        "job": ["NOTEBOOK", "--marker", "--executed", "--overrides", "--params"]}
 ALL_COMMANDS = ["train", "evaluate", "search", *EXPERIMENT_COMMANDS]
@@ -75,7 +76,8 @@ def test_reproduce_dry_run_lists_the_smoke_jobs_and_runs_none(tmp_path):
     seeds = {f"grid_{j['name']}" for j in grid_plan("smoke")["jobs"]}          # one job per seed for the smoke grid
     assert seeds and all(counts[s] == 1 for s in seeds), counts
     notebooks = [p for p in experiment_notebooks() if p.stem != GRID_NB]
-    assert counts["notebook"] == len(notebooks) and counts["total"] == len(seeds) + len(notebooks) + 1, counts
+    assert counts["data"] == 1, counts                                           # the data first, once
+    assert counts["notebook"] == len(notebooks) and counts["total"] == len(seeds) + len(notebooks) + 2, counts
     assert not (root / "outputs" / "smoke" / "done").exists()                   # a dry run runs nothing
 
 

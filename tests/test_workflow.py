@@ -70,7 +70,8 @@ def test_paper_grid_dry_run_lists_the_expected_jobs():
     from urbancross.workflow import GRID_NB
     others = [p.stem for p in experiment_notebooks() if p.stem != GRID_NB]
     assert int(counts["notebook"]) == len(others), (counts, others)   # 20, 20b, 21, 22, 23b, 24, 25, 26, 27, 28
-    assert int(counts["total"]) == cells + 18 + len(others) + 1
+    assert int(counts["data"]) == 1, counts                # the data, segments and features first, once
+    assert int(counts["total"]) == cells + 18 + len(others) + 2
 
 
 @pytest.mark.slow

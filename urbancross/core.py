@@ -286,7 +286,10 @@ PROFILES: dict[str, dict] = {
                                   "paper: plain fine-tuning", "paper: curriculum only", "paper: w/o curriculum",
                                   "paper: UrbanCross", "unsupervised: UrbanCross", "unsupervised: UrbanCross + unlisted"),
                   grid_seeds=(0, 1, 2), grid_chunk="seed",
-                  pixel_rows="first"),  # within-domain pixel rows, the expensive ones on CPU: first domain and seed only
+                  pixel_rows="first",   # within-domain pixel rows, the expensive ones on CPU: first domain and seed only
+                  # one torch thread per job: the workflow runs as many jobs at once as there are cores, so a busy
+                  # machine slows each job by its share of a core instead of stalling threads that wait for each other
+                  threads=1),
     # paper: the real data and towers on a GPU; the method (lr 1e-5, batch 40, 15-20 epochs, fine-tuning at 1e-7
     # for 5 epochs with 80 + 16 pairs, ...) is the recipe's (00a_recipes)
     "paper": dict(device="cuda", data_source="urbancross", model_name="ViT-L-14", pretrained="laion2b_s32b_b82k",

@@ -19,13 +19,14 @@ from typing import Sequence
 import nbformat
 
 from .core import PROFILES, Config, atomic_write, get_config, paths, project_root
+from .datasets import archive_lines
 from .experiment import (
     experiment_notebooks, parse_params, parse_settings, preflight, resolve_settings, run_all, run_notebook)
 
 # %% auto 0
 __all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'module_files', 'module_deps', 'notebook_inputs', 'grid_plan',
-           'marker_path', 'run_job', 'RunRequest', 'preflight_report', 'snakefile', 'reproduce_command', 'job_times',
-           'lock_path', 'run_lock', 'reproduce', 'run_sequential']
+           'marker_path', 'run_job', 'prepare_data', 'RunRequest', 'preflight_report', 'snakefile', 'reproduce_command',
+           'job_times', 'lock_path', 'run_lock', 'reproduce', 'run_sequential']
 
 # %% ../nbs/14b_workflow.ipynb 5
 NEEDS = {"23b_cross_domain_summary": ["23_cross_domain"],
@@ -132,6 +133,26 @@ def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: st
     return seconds
 
 # %% ../nbs/14b_workflow.ipynb 37
+def prepare_data(cfg: Config, marker: str | Path | None = None) -> dict:
+    """Build what runs under `cfg` read: data, the unlisted target images, segments, cached features (each once,
+    atomically, reused when there); a summary, also written to `marker` when given."""
+    # the data side and the grid load torch and the towers: imported when data is prepared, not by `--help`
+    from urbancross.datasets import load_profile_data, prepare
+    from urbancross.grid import unlisted_target_rows
+    t0 = time.time()
+    manifest = load_profile_data(cfg)
+    rows, segments, model = prepare(cfg, manifest)
+    unlisted, _ = unlisted_target_rows(cfg, model, sorted(cfg.domains), segments)   # as the grid's unsupervised cells
+    out = dict(profile=cfg.profile, data=cfg.data_source, images=len(manifest), unlisted=0 if unlisted is None else len(unlisted),
+               rows=type(rows).__name__, seconds=round(time.time() - t0, 1))
+    print(f"prepare: {out['images']} images and {out['unlisted']} unlisted target images of {cfg.data_source} "
+          f"ready as {out['rows']} rows in {out['seconds']:.0f} s", flush=True)
+    if marker:
+        with atomic_write(marker) as f:
+            json.dump({**out, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
+    return out
+
+# %% ../nbs/14b_workflow.ipynb 41
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """One run of the experiments: profile, `--set` settings, `--param` notebook parameters, notebooks (`only`, default
@@ -171,10 +192,12 @@ class RunRequest:
             raise ValueError(f"--only {unknown}: no such experiment notebook; choose from {[p.stem for p in nbs]}")
         return [p for p in nbs if not self.only or p.stem in self.only or p.name in self.only]
 
-# %% ../nbs/14b_workflow.ipynb 40
+# %% ../nbs/14b_workflow.ipynb 44
 def preflight_report(req: RunRequest) -> int:
     """Print what the run of `req` needs and does not find (or that everything is there); 0, else 2."""
     cfg = req.config
+    for line in archive_lines(cfg):                 # each release archive opened: what it holds, what the run uses
+        print(f"preflight: {line}", flush=True)
     problems = preflight(cfg, req.notebooks)
     for p in problems:
         print(f"preflight: {p}", flush=True)
@@ -185,13 +208,13 @@ def preflight_report(req: RunRequest) -> int:
           f"pretrained={cfg.pretrained or 'random init'}: everything needed is there", flush=True)
     return 0
 
-# %% ../nbs/14b_workflow.ipynb 44
+# %% ../nbs/14b_workflow.ipynb 50
 def snakefile() -> Path:
     """The `workflow/Snakefile` beside this package's source (the checkout), else under the project root."""
     here = _package().parent / "workflow" / "Snakefile"
     return here if here.exists() else project_root() / "workflow" / "Snakefile"
 
-# %% ../nbs/14b_workflow.ipynb 46
+# %% ../nbs/14b_workflow.ipynb 52
 def reproduce_command(req: RunRequest) -> list[str]:
     """The Snakemake command line of a run (see `reproduce`)."""
     conf = [f"profile={req.profile}", f"settings={json.dumps(list(req.settings))}", f"params={json.dumps(list(req.params))}",
@@ -206,7 +229,7 @@ def reproduce_command(req: RunRequest) -> list[str]:
         cmd += ["--dry-run"]
     return cmd + list(req.extra)
 
-# %% ../nbs/14b_workflow.ipynb 49
+# %% ../nbs/14b_workflow.ipynb 55
 def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) -> dict[str, float]:
     """{job: seconds} from the finish markers of a profile written after `since` (a time.time())."""
     done = paths(root, profile=profile)["outputs"] / "done"
@@ -219,12 +242,12 @@ def job_times(profile: str, since: float = 0.0, root: str | Path | None = None) 
                 continue
     return out
 
-# %% ../nbs/14b_workflow.ipynb 52
+# %% ../nbs/14b_workflow.ipynb 58
 def lock_path() -> Path:
     """The run lock of this compendium."""
     return paths()["outputs"] / ".reproduce.lock"
 
-# %% ../nbs/14b_workflow.ipynb 54
+# %% ../nbs/14b_workflow.ipynb 60
 @contextlib.contextmanager
 def run_lock(skip: bool = False):
     """Hold an exclusive lock on `lock_path()` for one run (yields False if another run holds it)."""
@@ -242,7 +265,7 @@ def run_lock(skip: bool = False):
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
-# %% ../nbs/14b_workflow.ipynb 57
+# %% ../nbs/14b_workflow.ipynb 63
 def reproduce(req: RunRequest) -> int:
     """Run (or with `dry_run`, list) the experiment workflow of `req`: Snakemake's exit status, 2 if the preflight
     failed, 3 if another run holds the lock."""
@@ -263,7 +286,7 @@ def reproduce(req: RunRequest) -> int:
           f"{sum(ran.values()):.0f} s in notebooks", flush=True)
     return rc
 
-# %% ../nbs/14b_workflow.ipynb 61
+# %% ../nbs/14b_workflow.ipynb 67
 def run_sequential(req: RunRequest) -> int:
     """The plain run-all of `req`: preflight, then `run_all` over its notebooks; 0, or 2 if the preflight failed."""
     notebooks, overrides = req.notebooks, req.overrides
