@@ -23,7 +23,7 @@ from .recipes import RECIPE_FIELDS, RECIPES
 # %% auto 0
 __all__ = ['PLAN_FIELDS', 'BY_DATA', 'PROFILES', 'SCALE_SETTINGS', 'PER_PROFILE', 'get_logger', 'project_root', 'local_places',
            'atomic_write', 'atomic_torch_save', 'safe_torch_load', 'seed_everything', 'get_device', 'set_tf32',
-           'Config', 'get_config', 'pick_seeds', 'Registry', 'paths', 'git_sha', 'save_fig']
+           'Config', 'get_config', 'pick_seeds', 'Registry', 'paths', 'git_sha', 'portable', 'save_fig']
 
 # %% ../nbs/00_core.ipynb 5
 def get_logger(name: str = "urbancross") -> logging.Logger:
@@ -361,7 +361,19 @@ def git_sha(root: str | Path | None = None) -> str:
     except Exception:
         return "unknown"
 
-# %% ../nbs/00_core.ipynb 77
+# %% ../nbs/00_core.ipynb 78
+def portable(value, root: str | Path | None = None):
+    """`value` (nested dicts, lists and strings) with every path under the compendium `root` written relative to it."""
+    prefix = str(Path(root) if root else project_root()).rstrip(os.sep) + os.sep
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: portable(v, prefix) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable(v, prefix) for v in value)
+    return value
+
+# %% ../nbs/00_core.ipynb 80
 def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None) -> Path:
     """Save `fig` as `figures/<params['profile']>/<name>.png` with a `<name>.json` sidecar (parameters, git SHA)."""
     if figures_dir is None and not (params or {}).get("profile"):
@@ -372,5 +384,5 @@ def save_fig(fig, name: str, params: dict, figures_dir: str | Path | None = None
     with atomic_write(png, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     with atomic_write(out / f"{name}.json") as f:
-        json.dump({"figure": png.name, "git_sha": git_sha(), "params": params or {}}, f, indent=1, default=str)
+        json.dump({"figure": png.name, "git_sha": git_sha(), "params": portable(params or {})}, f, indent=1, default=str)
     return png

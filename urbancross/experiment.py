@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from typing import Sequence
 import nbformat
 import torch
 
-from .core import Config, get_config, get_logger, paths
+from .core import Config, atomic_write, get_config, get_logger, paths, portable
 from .datasets import KARPATHY, dataset_problems, readme_hint
 from .segments import _auto_segmenter
 from .towers import TOWERS, resolve_model_name, resolve_weights
@@ -85,7 +86,8 @@ def run_notebook(nb: Path, out_path: Path, profile: str, overrides: dict | None 
     """Execute one experiment notebook with papermill (what each job of a run does); the executed copy goes to `out_path`.
 
     The kernel's output is streamed to this process's stdout as it runs (`log_output`), with papermill's
-    cell progress bar when stderr is a terminal; the kernel runs with `BATCH_KERNEL_ENV` (no hub progress bars)."""
+    cell progress bar when stderr is a terminal; the kernel runs with `BATCH_KERNEL_ENV` (no hub progress bars).
+    The executed copy names paths under the compendium root relative to it (`core.portable`)."""
     import papermill as pm                  # heavy and optional (the run side's Jupyter stack): loaded when a notebook runs
     if log_output:
         _stream_kernel_log()
@@ -95,8 +97,11 @@ def run_notebook(nb: Path, out_path: Path, profile: str, overrides: dict | None 
     pm.execute_notebook(str(nb), str(out_path), parameters=dict(profile=profile, overrides=dict(overrides or {}), **(params or {})),
                         cwd=str(Path(nb).parent), kernel_name="python3", log_output=log_output,
                         progress_bar=sys.stderr.isatty() and not os.environ.get("CI"))
+    ran = json.loads(Path(out_path).read_text(encoding="utf-8"))
+    with atomic_write(out_path, "w", encoding="utf-8") as f:
+        json.dump(portable(ran), f, indent=1, ensure_ascii=False); f.write("\n")
 
-# %% ../nbs/14_experiment.ipynb 25
+# %% ../nbs/14_experiment.ipynb 27
 def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = None,
             out_dir: str | Path | None = None, overrides: dict | None = None, params: dict | None = None,
             log_output: bool = True) -> list[dict]:
@@ -123,7 +128,7 @@ def run_all(profile: str = "smoke", notebooks: Sequence[str | Path] | None = Non
     print(f"all {len(nbs)} notebooks done in {time.time() - t_all:.0f} s (profile={profile})", flush=True)
     return done
 
-# %% ../nbs/14_experiment.ipynb 30
+# %% ../nbs/14_experiment.ipynb 32
 def parse_settings(items: Sequence[str]) -> dict:
     """`["key=value", ...]` as typed `Config` overrides; unknown keys and ill-typed values are errors."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -144,7 +149,7 @@ def parse_settings(items: Sequence[str]) -> dict:
         out[key] = tuple(value) if isinstance(default, tuple) else (float(value) if isinstance(default, float) else value)
     return out
 
-# %% ../nbs/14_experiment.ipynb 33
+# %% ../nbs/14_experiment.ipynb 35
 def parse_params(items: Sequence[str], notebooks: Sequence[Path]) -> dict:
     """`["name=literal", ...]` as notebook parameters; a name no notebook declares is an error."""
     declared = {k: type(v) for nb in notebooks for k, v in literal_parameters(nb).items()}
@@ -163,7 +168,7 @@ def parse_params(items: Sequence[str], notebooks: Sequence[Path]) -> dict:
             raise ValueError(f"--param {key}={raw!r}: expected a {declared[key].__name__} literal")
     return out
 
-# %% ../nbs/14_experiment.ipynb 36
+# %% ../nbs/14_experiment.ipynb 38
 PATH_FIELDS = ("data_root", "sam_checkpoint", "pretrained", "lmm_model")
 
 def resolve_settings(overrides: dict) -> dict:
@@ -175,11 +180,11 @@ def resolve_settings(overrides: dict) -> dict:
             out[key] = str((Path.cwd() / v).resolve())
     return out
 
-# %% ../nbs/14_experiment.ipynb 38
+# %% ../nbs/14_experiment.ipynb 40
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
-# %% ../nbs/14_experiment.ipynb 40
+# %% ../nbs/14_experiment.ipynb 42
 def _weights_problems(cfg: Config) -> list[str]:
     """What the CLIP weights of `cfg` lack: a file, an open_clip tag, or (offline) the Hugging Face cache."""
     import open_clip                        # heavy: the model zoo's registry, read when the check runs
@@ -205,7 +210,7 @@ def _weights_problems(cfg: Config) -> list[str]:
                              f"(fetch them online once, or pass a file with --set pretrained=...)", "CLIP (open_clip)")]
     return []
 
-# %% ../nbs/14_experiment.ipynb 42
+# %% ../nbs/14_experiment.ipynb 44
 def _model_problems(cfg: Config) -> list[str]:
     """What the segmenter, the LMM and the device of `cfg` lack."""
     out = []
@@ -228,12 +233,12 @@ def _model_problems(cfg: Config) -> list[str]:
             out.append(f"device={cfg.device!r} but no CUDA device is available (use --set device=cpu for a CPU run)")
     return out
 
-# %% ../nbs/14_experiment.ipynb 45
+# %% ../nbs/14_experiment.ipynb 47
 def rs_standin(cfg: Config) -> bool:
     """Whether `26_rs_benchmarks` runs on its embedded stand-in: embedded data and no `RSICD/` under `data_root`."""
     return cfg.data_source == "embedded" and not (cfg.data_root and (Path(cfg.data_root) / "RSICD").is_dir())
 
-# %% ../nbs/14_experiment.ipynb 47
+# %% ../nbs/14_experiment.ipynb 49
 def preflight(cfg: Config, notebooks: Sequence[str | Path] = ()) -> list[str]:
     """What a run of `notebooks` under `cfg` needs and does not find; each entry names where to fetch it."""
     out = dataset_problems(cfg)

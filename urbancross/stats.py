@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import data
-from .core import Config, atomic_write, git_sha, paths
+from .core import Config, atomic_write, git_sha, paths, portable
 from .metrics import retrieval_ranks
 
 # %% auto 0
@@ -111,7 +111,7 @@ def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
     out = Path(results_dir) if results_dir else paths(profile=cfg.profile)["results"]
     with atomic_write(out / f"{name}.csv") as f:
         df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
-    side = {"table": f"{name}.csv", "git_sha": git_sha(), "rows": len(df), "params": cfg.to_dict(),
+    side = {"table": f"{name}.csv", "git_sha": git_sha(), "rows": len(df), "params": portable(cfg.to_dict()),
             "fallbacks": _fallbacks()}
     with atomic_write(out / f"{name}.json") as f:
         json.dump(side, f, indent=1, default=str)
