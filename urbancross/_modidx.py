@@ -1084,4 +1084,5 @@ d = { 'settings': { 'branch': 'main',
                                      'urbancross.workflow.run_job': ('workflow.html#run_job', 'urbancross/workflow.py'),
                                      'urbancross.workflow.run_lock': ('workflow.html#run_lock', 'urbancross/workflow.py'),
                                      'urbancross.workflow.run_sequential': ('workflow.html#run_sequential', 'urbancross/workflow.py'),
-                                     'urbancross.workflow.snakefile': ('workflow.html#snakefile', 'urbancross/workflow.py')}}}
+                                     'urbancross.workflow.snakefile': ('workflow.html#snakefile', 'urbancross/workflow.py'),
+                                     'urbancross.workflow.write_marker': ('workflow.html#write_marker', 'urbancross/workflow.py')}}}

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import paths
-from .experiment import experiment_notebooks, literal_parameters
+from .experiment import literal_parameters
+from .workflow import RunRequest
 from .fixtures import write_karpathy_fixture, write_release_fixture, write_tiny_weights
 
 # %% auto 0
@@ -55,8 +56,7 @@ def make_dryrun_root(workdir: str | Path, images_per_domain: int = 12, rs_images
 def dryrun_command(made: dict, only: Sequence[str] = ()) -> list[str]:
     """`python -m urbancross run-all --profile paper` with the dry run's settings for a root from `make_dryrun_root`."""
     sets = dryrun_settings(made["data_root"], made["weights"])
-    chosen = [p for p in experiment_notebooks() if not only or p.stem in only or p.name in only]
-    declared = {k for p in chosen for k in literal_parameters(p)}     # `--param` names only what a chosen notebook has
+    declared = {k for p in RunRequest("paper", only=only).notebooks for k in literal_parameters(p)}     # `--param` names only what a chosen notebook has
     params = [f"{k}={v!r}" for k, v in DRYRUN_PARAMS.items() if k in declared]
     return [sys.executable, "-m", "urbancross", "run-all", "--profile", "paper", *(a for s in sets for a in ("--set", s)),
             *(a for p in params for a in ("--param", p)), *(a for o in only for a in ("--only", o))]
@@ -86,7 +86,7 @@ def paper_dryrun(workdir: str | Path | None = None, only: Sequence[str] = (), im
     env = {**os.environ, "URBANCROSS_ROOT": str(workdir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     print("dry run:", " ".join(cmd), flush=True)
     rc = subprocess.run(cmd, env=env, cwd=workdir).returncode
-    expected = [p.name for p in experiment_notebooks() if not only or p.stem in only or p.name in only]
+    expected = [p.name for p in RunRequest("paper", only=only).notebooks]
     outs = workdir / "outputs" / "paper"
     missing = [n for n in expected if not (outs / n).exists()]
     seconds = round(time.time() - t0, 1)

@@ -19,14 +19,14 @@ from typing import Sequence
 import nbformat
 
 from .core import PROFILES, Config, atomic_write, get_config, paths, project_root
-from .datasets import archive_lines
+from .datasets import archive_lines, load_profile_data, prepare
 from .experiment import (
     experiment_notebooks, parse_params, parse_settings, preflight, resolve_settings, run_all, run_notebook)
 
 # %% auto 0
 __all__ = ['NEEDS', 'NOT_INPUTS', 'GRID_NB', 'SUMMARY_NB', 'module_files', 'module_deps', 'notebook_inputs', 'grid_plan',
-           'marker_path', 'run_job', 'prepare_data', 'RunRequest', 'preflight_report', 'snakefile', 'reproduce_command',
-           'job_times', 'lock_path', 'run_lock', 'reproduce', 'run_sequential']
+           'marker_path', 'write_marker', 'run_job', 'prepare_data', 'RunRequest', 'preflight_report', 'snakefile',
+           'reproduce_command', 'job_times', 'lock_path', 'run_lock', 'reproduce', 'run_sequential']
 
 # %% ../nbs/14b_workflow.ipynb 5
 NEEDS = {"23b_cross_domain_summary": ["23_cross_domain"],
@@ -118,6 +118,11 @@ def marker_path(profile: str, name: str, root: str | Path | None = None) -> Path
     """The finish marker of job `name` (a notebook stem or a grid job)."""
     return paths(root, profile=profile)["outputs"] / "done" / f"{name}.json"
 
+def write_marker(marker: str | Path, **record) -> None:
+    """Write a finish marker, atomically: `record` and when it finished."""
+    with atomic_write(marker) as f:
+        json.dump({**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
+
 # %% ../nbs/14b_workflow.ipynb 33
 def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: str | Path,
             overrides: dict | None = None, params: dict | None = None) -> float:
@@ -127,18 +132,15 @@ def run_job(notebook: str | Path, profile: str, marker: str | Path, executed: st
     run_notebook(Path(notebook), Path(executed), profile, overrides or {}, params or {})
     seconds = round(time.time() - t0, 1)
     print(f"job {what}: done in {seconds:.0f} s", flush=True)
-    with atomic_write(marker) as f:
-        json.dump(dict(notebook=Path(notebook).name, profile=profile, seconds=seconds, params=params or {},
-                       overrides=overrides or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S")), f, indent=1)
+    write_marker(marker, notebook=Path(notebook).name, profile=profile, seconds=seconds, params=params or {},
+                 overrides=overrides or {})
     return seconds
 
 # %% ../nbs/14b_workflow.ipynb 37
 def prepare_data(cfg: Config, marker: str | Path | None = None) -> dict:
     """Build what runs under `cfg` read: data, the unlisted target images, segments, cached features (each once,
     atomically, reused when there); a summary, also written to `marker` when given."""
-    # the data side and the grid load torch and the towers: imported when data is prepared, not by `--help`
-    from urbancross.datasets import load_profile_data, prepare
-    from urbancross.grid import unlisted_target_rows
+    from urbancross.grid import unlisted_target_rows   # the training core: loaded when data is prepared (as in grid_plan)
     t0 = time.time()
     manifest = load_profile_data(cfg)
     rows, segments, model = prepare(cfg, manifest)
@@ -148,8 +150,7 @@ def prepare_data(cfg: Config, marker: str | Path | None = None) -> dict:
     print(f"prepare: {out['images']} images and {out['unlisted']} unlisted target images of {cfg.data_source} "
           f"ready as {out['rows']} rows in {out['seconds']:.0f} s", flush=True)
     if marker:
-        with atomic_write(marker) as f:
-            json.dump({**out, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
+        write_marker(marker, **out)
     return out
 
 # %% ../nbs/14b_workflow.ipynb 41
