@@ -53,10 +53,11 @@ GPU_CHECK_OUT ?= benchmarks/gpu_check.json
 gpu-check: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
+# The checks' scratch files (checkpoints, fixtures, caches: hundreds of MB) go to one folder that is removed when
+# the tests end, pass or fail, so repeated runs do not fill the disk.
 test: install
-	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/python -m pytest -q tests
-	$(MAKE) paper-dryrun
+	export TMPDIR="$$(mktemp -d -t urbancross-test.XXXXXX)"; trap 'rm -rf "$$TMPDIR"' EXIT; \
+	$(BIN)/nbdev_test --n_workers 2 && $(BIN)/python -m pytest -q tests && $(MAKE) paper-dryrun
 
 export: install
 	$(BIN)/nbdev_export

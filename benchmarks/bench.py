@@ -363,13 +363,16 @@ def _timed(fn: Callable[[], dict]) -> tuple[float, dict]:
 def bench_caches(quick: bool) -> list[dict]:
     """Segment and caption caches: cold first run vs warm rerun on the same images (fresh cache folder)."""
     import tempfile
+    with tempfile.TemporaryDirectory(prefix="bench_caches_") as tmp:    # removed after, pass or fail
+        return _bench_caches(quick, Path(tmp))
 
+
+def _bench_caches(quick: bool, tmp: Path) -> list[dict]:
     from urbancross.data import read_manifest
     from urbancross.embedded import ensure_embedded
     from urbancross.refine import CaptionCache, make_captioner, refine_manifest, tiny_instructblip
     from urbancross.segments import (SamParams, SamSegmenter, SegmentCache, SegmentConfig, build_tiny_sam,
                                      make_segmenter, segment_manifest)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_caches_"))
     n = 4 if quick else 200                                        # images per domain
     df = read_manifest(ensure_embedded(images_per_domain=n, image_size=128, seed=0))
     small = df.groupby("domain").head(1 if quick else 8).reset_index(drop=True)

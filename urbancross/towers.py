@@ -66,10 +66,11 @@ def smoke_model_config(image_size: int = 96, context_length: int = 32, embed_dim
 
 # %% ../nbs/06_towers.ipynb 19
 def register_model_config(name: str, model_cfg: dict) -> str:
-    """Add `model_cfg` to open_clip's registry under `name` and return the name."""
-    folder = Path(tempfile.mkdtemp(prefix="urbancross_openclip_cfg_"))
-    (folder / f"{name}.json").write_text(json.dumps(model_cfg))
-    open_clip.add_model_config(folder / f"{name}.json")
+    """Add `model_cfg` to open_clip's registry under `name` and return the name; no file outlives the call."""
+    with tempfile.TemporaryDirectory(prefix="urbancross_openclip_cfg_") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(path)   # read here; later rescans skip the removed file and keep the entry
     return name
 
 # %% ../nbs/06_towers.ipynb 23
