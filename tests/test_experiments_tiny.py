@@ -20,7 +20,7 @@ EXTRA = {"20_within_domain": dict(budget_steps=2), "20b_integration": dict(seeds
          "28_adversary_study": dict(seeds=[0], moons_seeds=1, moons_steps=50)}
 WRITES = {"20_within_domain": "within_domain", "20b_integration": "integration", "21_ablation_sam": "ablation_sam", "22_ablation_lmm": "ablation_lmm",
           "23b_cross_domain_summary": "cross_domain", "25_paper_vs_ours": "paper_vs_ours", "26_rs_benchmarks": "rs_benchmarks",
-          "27_claims": "claims"}
+          "23c_fine_tuning_rate": "fine_tuning_rate", "27_claims": "claims"}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,9 @@ def test_every_experiment_notebook_runs_on_a_tiny_native_clip(tiny_root, regime,
         has = t.delta.notna()
         assert has.any() and (t.ci_low[has] <= t.delta[has] + 1e-9).all() and (t.delta[has] <= t.ci_high[has] + 1e-9).all(), name
         assert (tiny_root / "results" / "smoke" / f"{name}_queries.csv.gz").exists(), name
+    rate = pd.read_csv(tiny_root / "results" / "smoke" / "fine_tuning_rate.csv")   # each rate, both recipes, with intervals
+    assert {"authors", "ours"} <= set(rate.recipe) and sorted(rate.da_lr.unique()) == [1e-5, 1e-4, 1e-3]
+    assert ((rate.ci_low <= rate.delta + 1e-9) & (rate.delta <= rate.ci_high + 1e-9)).all()
     claims = pd.read_csv(tiny_root / "results" / "smoke" / "claims.csv")
     assert (claims.recipe == "authors").sum() >= 6 and set(claims.verdict) <= {"reproduced", "contradicted", "inconclusive"}
     assert (tiny_root / "results" / "smoke" / "claims.md").exists()

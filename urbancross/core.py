@@ -278,7 +278,8 @@ PROFILES: dict[str, dict] = {
                   # scale settings (SCALE_SETTINGS): the stand-in heads start random, so they need a far larger
                   # rate than the recipe's 1e-5 / 1e-7 for pretrained towers; 30 epochs of 3 segments on CPU (validation
                   # plateaus by epoch 10-25: 20_within_domain's learning curves);
-                  # fine-tuning makes one epoch (its five passes take the admitted share from 0.2 to 1 already)
+                  # fine-tuning makes one epoch (its five passes take the admitted share from 0.2 to 1 already), at
+                  # the training rate (the recipe fine-tunes at 1/100 of it: 23c_fine_tuning_rate measures 1, 1/10, 1/100)
                   epochs=30, lr=1e-3, da_lr=1e-3, num_seg=3, da_epochs=1,
                   # the grid: the protocols the claims and the baselines need (the unsupervised "w/o DA" is the same
                   # run as the paper's), three seeds, one workflow job per seed (a kernel start costs more than a cell)
