@@ -272,7 +272,8 @@ def authors_alignment_values(run: dict) -> dict:
 def keep_best_run(root: Path, threads: int) -> dict:
     """Four alignment epochs on cached features (10 tiles, batch 5) validated on the same tiles; the model returned."""
     from urbancross.features import feature_bank
-    from urbancross.train import evaluate, make_items, recall_sum, train
+    from urbancross.metrics import recall_sum
+    from urbancross.train import evaluate, make_items, train
     cfg = config(threads, trainable="heads", use_sam=False, epochs=4, batch_size=5, lr=3e-3)
     model = tiny_model(cfg)
     bank = feature_bank(cfg, model, tiles(root, "toy", 10, 1.0), root / "cache")

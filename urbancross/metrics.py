@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pandas as pd
 import torch
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 # %% auto 0
 __all__ = ['METRIC_COLUMNS', 'recall_at_k', 'check_embeddings', 'check_text_to_image', 'score_blocks', 'retrieval_ranks',
-           'retrieval_metrics', 'square_matrix_metrics_upstream', 'metrics_frame']
+           'retrieval_metrics', 'recall_sum', 'square_matrix_metrics_upstream', 'metrics_frame']
 
 # %% ../nbs/05_metrics.ipynb 6
 def recall_at_k(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
@@ -155,7 +155,12 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
 # %% ../nbs/05_metrics.ipynb 49
 METRIC_COLUMNS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR"]
 
-# %% ../nbs/05_metrics.ipynb 71
+# %% ../nbs/05_metrics.ipynb 53
+def recall_sum(metrics: Mapping[str, float]) -> float:
+    """R-sum: R@1, R@5 and R@10 of both directions, summed (upstream's model-selection score)."""
+    return float(sum(metrics[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
+
+# %% ../nbs/05_metrics.ipynb 74
 def square_matrix_metrics_upstream(image_emb: torch.Tensor, text_emb: torch.Tensor, block_size: int = 1024,
                                    ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Upstream UrbanCross metrics: row `i` (an image copy) has only caption `i` as positive; not the standard protocol."""
@@ -164,7 +169,7 @@ def square_matrix_metrics_upstream(image_emb: torch.Tensor, text_emb: torch.Tens
                          f"and {len(text_emb)} captions (pass image_emb[text_to_image])")
     return retrieval_metrics(image_emb, text_emb, torch.arange(len(text_emb)), block_size, ks)
 
-# %% ../nbs/05_metrics.ipynb 83
+# %% ../nbs/05_metrics.ipynb 86
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     """One row per result dict: id columns first, then `METRIC_COLUMNS`, then other `i2t_`/`t2i_` columns."""
     if not rows:

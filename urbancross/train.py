@@ -30,14 +30,14 @@ from .distributed import (check_resumable, gather_rng, gather_rows, init_distrib
                                     set_rng_state, shard_sizes)
 from .features import FeatureBank, Rows
 from .losses import hard_negative_loss, hard_negative_margin, urbancross_loss
-from .metrics import retrieval_metrics, retrieval_ranks
+from .metrics import recall_sum, retrieval_metrics, retrieval_ranks
 from .stats import hits_metrics, query_hits
 from .towers import RetrievalModel, embed_texts, param_groups, set_trainable
 
 # %% auto 0
 __all__ = ['log', 'OPTIMIZERS', 'warmup_cosine', 'step_decay', 'lr_multiplier', 'ImageItems', 'FeatureItems', 'collate',
            'uses_features', 'epoch_plan', 'step_losses', 'train_step', 'gallery_embeddings', 'evaluate',
-           'evaluate_queries', 'make_items', 'torch_threads', 'recall_sum', 'train']
+           'evaluate_queries', 'make_items', 'torch_threads', 'train']
 
 # %% ../nbs/12_train.ipynb 5
 log = get_logger("urbancross.train")
@@ -684,11 +684,6 @@ def _run_epoch(run: _Run, at: _Progress, epoch: int, first: int, logs: list[dict
     return logs
 
 # %% ../nbs/12_train.ipynb 168
-def recall_sum(metrics: Mapping[str, float]) -> float:
-    """R-sum: R@1, R@5 and R@10 of both directions, summed (upstream's model-selection score)."""
-    return float(sum(metrics[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
-
-# %% ../nbs/12_train.ipynb 170
 def _epoch_row(run: _Run, at: _Progress, epoch: int, logs: list[dict], val: Rows | None = None,
                segments: Mapping | None = None) -> dict:
     """History row of `epoch` from its steps' `logs`: their means, source ratio, seconds, `val_rsum`/`val_mR` on `val`."""
@@ -703,18 +698,18 @@ def _epoch_row(run: _Run, at: _Progress, epoch: int, logs: list[dict], val: Rows
         row["val_rsum"], row["val_mR"] = recall_sum(metrics), metrics["mR"]
     return row
 
-# %% ../nbs/12_train.ipynb 172
+# %% ../nbs/12_train.ipynb 170
 def _row_line(row: dict) -> str:
     """An epoch's log line: `key=value` pairs, floats to four significant digits."""
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
-# %% ../nbs/12_train.ipynb 175
+# %% ../nbs/12_train.ipynb 173
 def _changing_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the tensors training can change: the trainable parameters and every buffer."""
     names = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
 
-# %% ../nbs/12_train.ipynb 177
+# %% ../nbs/12_train.ipynb 175
 def _keep_best(run: _Run, at: _Progress, row: dict) -> None:
     """Mark `row` best when its validation R-sum beats every earlier epoch's, and keep a copy of the weights then."""
     if not (run.cfg.keep_best and "val_rsum" in row):
@@ -723,14 +718,14 @@ def _keep_best(run: _Run, at: _Progress, row: dict) -> None:
     if row["is_best"]:
         at.best, at.best_epoch, at.best_rsum = _changing_state(run.model), row["epoch"], row["val_rsum"]
 
-# %% ../nbs/12_train.ipynb 178
+# %% ../nbs/12_train.ipynb 176
 def _end_on_best(run: _Run, at: _Progress) -> None:
     """Load the best-on-validation epoch's weights into the model (none kept: it stays as trained)."""
     if at.best is not None:
         run.model.load_state_dict(at.best, strict=False)
         run.info(f"ending on epoch {at.best_epoch}'s weights, the best on validation (R-sum {at.best_rsum:.2f})")
 
-# %% ../nbs/12_train.ipynb 181
+# %% ../nbs/12_train.ipynb 179
 def train(cfg: Config, model: RetrievalModel, source: torch.utils.data.Dataset, target: torch.utils.data.Dataset | None = None,
           fine_tune: bool = False, val: Rows | None = None, checkpoint: str | Path | None = None,
           resume: bool = False, on_step: Callable[[dict], None] | None = None,
