@@ -99,6 +99,12 @@ def _fallbacks() -> dict:
     return {kind: {"count": n, "first": []} for kind, n in sorted(data.FALLBACKS.items())}
 
 # %% ../nbs/05b_stats.ipynb 22
+def _float_text(x: float) -> str:
+    """A table float: four decimals, or four significant digits where four decimals would write a nonzero value
+    as 0 (a learning rate of 1e-05)."""
+    text = f"{x:.4f}"
+    return text if x == 0 or float(text) != 0 else f"{x:.4g}"
+
 def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
                   results_dir: str | Path | None = None) -> pd.DataFrame:
     """Write `results/<profile>/<name>.csv` (profile, seed, git SHA columns added) and its `<name>.json` sidecar."""
@@ -110,7 +116,7 @@ def write_results(rows: Sequence[dict] | pd.DataFrame, name: str, cfg: Config,
         df["seed"] = cfg.seed
     out = Path(results_dir) if results_dir else paths(profile=cfg.profile)["results"]
     with atomic_write(out / f"{name}.csv") as f:
-        df.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
+        df.to_csv(f, index=False, float_format=_float_text, lineterminator="\n")
     side = {"table": f"{name}.csv", "git_sha": git_sha(), "rows": len(df), "params": portable(cfg.to_dict()),
             "fallbacks": _fallbacks()}
     with atomic_write(out / f"{name}.json") as f:
